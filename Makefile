@@ -1,0 +1,31 @@
+# Setpoint developer entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: controlplane
+controlplane: ## Build etcd, kube-apiserver, kube-controller-manager into the cache (no-op when built)
+	@tools/controlplane/build.sh >/dev/null
+
+.PHONY: test
+test: controlplane ## Unit and integration tests (against a real local control plane)
+	$(CARGO) test --workspace --locked
+
+.PHONY: lint
+lint: ## rustfmt check, clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the Rust code
+	$(CARGO) fmt --all
+
+.PHONY: clean
+clean: ## Remove build output (the control-plane cache in ~/.cache/setpoint stays)
+	$(CARGO) clean
