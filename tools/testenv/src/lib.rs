@@ -187,7 +187,7 @@ impl ControlPlane {
             format!("--service-account-issuer={server}"),
             format!(
                 "--service-account-key-file={}",
-                path(&pki.service_account_key)
+                path(&pki.service_account_public_key)
             ),
             format!(
                 "--service-account-signing-key-file={}",

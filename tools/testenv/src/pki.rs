@@ -20,6 +20,7 @@ pub(crate) struct Pki {
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
     pub service_account_key: PathBuf,
+    pub service_account_public_key: PathBuf,
 }
 
 impl Pki {
@@ -60,15 +61,19 @@ impl Pki {
         let admin_key = KeyPair::generate()?;
         let admin_cert = admin.signed_by(&admin_key, &ca)?;
 
+        let service_account_key = KeyPair::generate()?;
         Ok(Self {
             ca_cert: write("ca.crt", ca_cert.pem())?,
             serving_cert: write("apiserver.crt", serving_cert.pem())?,
             serving_key: write("apiserver.key", serving_key.serialize_pem())?,
             admin_cert: write("admin.crt", admin_cert.pem())?,
             admin_key: write("admin.key", admin_key.serialize_pem())?,
-            service_account_key: write(
-                "service-account.key",
-                KeyPair::generate()?.serialize_pem(),
+            service_account_key: write("service-account.key", service_account_key.serialize_pem())?,
+            // The API server reads verification keys only from public-key or
+            // non-PKCS#8 PEM blocks.
+            service_account_public_key: write(
+                "service-account.pub",
+                service_account_key.public_key_pem(),
             )?,
         })
     }
