@@ -26,6 +26,10 @@ lint: ## rustfmt check, clippy with warnings as errors
 fmt: ## Format the Rust code
 	$(CARGO) fmt --all
 
+.PHONY: crds
+crds: ## Regenerate k8s/base/crd.yaml from the Rust types
+	$(CARGO) run --quiet --locked -p setpoint-reconciler --bin crdgen > k8s/base/crd.yaml
+
 .PHONY: clean
 clean: ## Remove build output (the control-plane cache in ~/.cache/setpoint stays)
 	$(CARGO) clean
