@@ -1,0 +1,126 @@
+//! Command-line and environment configuration: the one place settings are parsed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Setpoint API server: a gRPC API over Deployment replica counts, served over mutual
+/// TLS. Kubernetes access comes from the in-cluster ServiceAccount or `$KUBECONFIG`.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct Config {
+    /// Address of the gRPC API (mutual TLS only).
+    #[arg(long, env = "SETPOINT_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plaintext HTTP port: /livez, /readyz and /metrics, no API data.
+    #[arg(long, env = "SETPOINT_HTTP_LISTEN", default_value = "0.0.0.0:8081")]
+    pub http_listen: SocketAddr,
+
+    /// PEM server certificate chain.
+    #[arg(long, env = "SETPOINT_TLS_CERT")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of the server certificate.
+    #[arg(long, env = "SETPOINT_TLS_KEY")]
+    pub tls_key: PathBuf,
+
+    /// PEM bundle of CAs that issue client certificates.
+    #[arg(long, env = "SETPOINT_CLIENT_CA")]
+    pub client_ca: PathBuf,
+
+    /// Authorization policy (YAML) binding client identities to roles.
+    #[arg(long, env = "SETPOINT_POLICY")]
+    pub policy: PathBuf,
+
+    /// How often certificate, key, client CA and policy files are checked for changes.
+    #[arg(long, env = "SETPOINT_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+
+    /// Largest replica count SetReplicas accepts.
+    #[arg(long, env = "SETPOINT_MAX_REPLICAS", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub max_replicas: i32,
+
+    /// Time limit for a TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time limit for one RPC.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connections are closed (gracefully) after this age, so clients rebalance and
+    /// pick up rotated certificates.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// On SIGTERM, how long in-flight requests may take before the server exits.
+    #[arg(long, env = "SETPOINT_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often Kubernetes connectivity is probed (GET /version) for health.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "SETPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `500ms`, `10s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => {
+            return Err(format!(
+                "`{unit}` in `{text}` is not a unit (ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn durations_without_a_known_unit_are_rejected() {
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10d").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

@@ -1,0 +1,57 @@
+//! The plaintext HTTP port for kubelet probes and Prometheus: `/livez`, `/readyz` and
+//! `/metrics`. It carries no API data.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+use crate::health::Readiness;
+
+#[derive(Clone)]
+struct Probes {
+    readiness: Arc<Readiness>,
+    registry: Arc<Registry>,
+}
+
+pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Probes {
+            readiness,
+            registry,
+        })
+}
+
+async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
+    if probes.readiness.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: watch cache not synced or Kubernetes API unreachable",
+        )
+    }
+}
+
+async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &probes.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

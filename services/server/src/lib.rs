@@ -1,0 +1,211 @@
+//! Setpoint's API server. [`Server::bind`] loads TLS material and the policy and binds
+//! both ports (failing fast on bad configuration); [`Server::run`] starts the watch
+//! cache, health probing, file reloading and both servers, and shuts everything down
+//! when the given signal fires.
+
+pub mod authz;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod reload;
+pub mod selector;
+pub mod service;
+pub mod tls;
+pub mod validate;
+pub mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use rustls::ServerConfig;
+use setpoint_api::v1::replica_service_server::ReplicaServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::util::MapRequestLayer;
+
+pub use crate::config::Config;
+pub use crate::error::Error;
+
+use crate::authz::{AuthorizationLayer, Policy};
+use crate::cache::Cache;
+use crate::health::Readiness;
+use crate::metrics::{Metrics, RpcMetricsLayer};
+use crate::reload::Reloader;
+use crate::service::ReplicaApi;
+use crate::tls::TlsFiles;
+
+/// Largest request message: requests are a few names and numbers.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest response message: a full page of 500 Deployments fits easily.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 streams (concurrent RPCs) per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 64;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    config: Config,
+    client: kube::Client,
+    metrics: Metrics,
+    registry: Registry,
+    tls: Reloader<ServerConfig>,
+    policy: Reloader<Policy>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
+        let files = TlsFiles {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            client_ca: config.client_ca.clone(),
+        };
+        let tls = Reloader::new("TLS configuration", files.paths(), move || {
+            tls::server_config(&files)
+        })?;
+        let policy_path = config.policy.clone();
+        let policy = Reloader::new(
+            "authorization policy",
+            vec![policy_path.clone()],
+            move || Policy::load(&policy_path),
+        )?;
+
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        // Every request to the API server is counted, which is how tests prove reads
+        // never make one.
+        let kube_requests = metrics.kube_requests.clone();
+        let client = kube::client::ClientBuilder::try_from(kube_config)?
+            .with_layer(&MapRequestLayer::new(move |request| {
+                kube_requests.inc();
+                request
+            }))
+            .build();
+
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(Error::io(format!("binding {address}")))
+        };
+        Ok(Self {
+            grpc_listener: bind(config.listen).await?,
+            http_listener: bind(config.http_listen).await?,
+            config,
+            client,
+            metrics,
+            registry,
+            tls,
+            policy,
+        })
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_addr(&self) -> Result<SocketAddr, Error> {
+        self.grpc_listener
+            .local_addr()
+            .map_err(Error::io("reading the gRPC address"))
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn http_addr(&self) -> Result<SocketAddr, Error> {
+        self.http_listener
+            .local_addr()
+            .map_err(Error::io("reading the HTTP address"))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// finish for at most `--drain-timeout`, and stops every background task.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Self {
+            config,
+            client,
+            metrics,
+            registry,
+            tls,
+            policy,
+            grpc_listener,
+            http_listener,
+        } = self;
+        // Dropping the set aborts every task in it.
+        let mut tasks = JoinSet::new();
+        let cache = Cache::start(&client, &metrics, &mut tasks);
+        let readiness = Arc::new(Readiness::new(cache.clone(), config.probe_interval));
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tasks.spawn(health::run(
+            readiness.clone(),
+            client.clone(),
+            health_reporter,
+            config.probe_interval,
+        ));
+        let (tls_config, current_policy) = (tls.shared(), policy.shared());
+        tasks.spawn(tls.run(config.reload_interval));
+        tasks.spawn(policy.run(config.reload_interval));
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+
+        let http = axum::serve(http_listener, http::router(readiness, Arc::new(registry)))
+            .with_graceful_shutdown(stop_signal(stopped.clone()));
+        tasks.spawn(async move {
+            if let Err(error) = http.await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+
+        let api = ReplicaServiceServer::new(ReplicaApi {
+            cache,
+            client,
+            max_replicas: config.max_replicas,
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let incoming = tls::incoming(
+            grpc_listener,
+            tls_config,
+            config.handshake_timeout,
+            metrics.clone(),
+        );
+        let grpc = tonic::transport::Server::builder()
+            .timeout(config.request_timeout)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_connection_age(config.max_connection_age)
+            .layer(RpcMetricsLayer(metrics))
+            .layer(AuthorizationLayer {
+                policy: current_policy,
+            })
+            .add_service(health_service)
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, stop_signal(stopped));
+        tokio::pin!(grpc);
+        tracing::info!(grpc = %config.listen, http = %config.http_listen, "serving");
+
+        tokio::select! {
+            result = &mut grpc => result.map_err(|error| Error::Io {
+                context: "gRPC server".into(),
+                source: std::io::Error::other(error),
+            })?,
+            () = shutdown => {
+                tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: draining connections");
+                // A closed receiver only means everything already stopped.
+                let _ = stop.send(true);
+                if tokio::time::timeout(config.drain_timeout, &mut grpc).await.is_err() {
+                    tracing::warn!("drain timeout reached; closing remaining connections");
+                }
+            }
+        }
+        tasks.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! How cached objects look through the API: one Deployment with its setpoint becomes a
+//! `DeploymentReplicas`; listing filters, orders and pages the cache. Plain functions
+//! over cached objects, unit-tested without a cluster.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use setpoint_api::v1::{DeploymentRef, DeploymentReplicas, ReconcileState};
+use setpoint_reconciler::ReplicaSetpoint;
+
+use crate::Error;
+use crate::validate::{self, DeploymentKey};
+
+pub fn key_of(deployment: &Deployment) -> DeploymentKey {
+    DeploymentKey {
+        namespace: deployment.namespace().unwrap_or_default(),
+        name: deployment.name_any(),
+    }
+}
+
+/// The opaque version of a setpoint: changes whenever its spec does (generation), and
+/// never repeats across delete and recreate (UID).
+pub fn version(setpoint: &ReplicaSetpoint) -> String {
+    format!(
+        "{}/{}",
+        setpoint.uid().unwrap_or_default(),
+        setpoint.metadata.generation.unwrap_or_default()
+    )
+}
+
+pub fn replicas(deployment: &Deployment, setpoint: Option<&ReplicaSetpoint>) -> DeploymentReplicas {
+    let key = key_of(deployment);
+    let status = deployment.status.clone().unwrap_or_default();
+    let (state, message) = reconcile_state(deployment, setpoint);
+    DeploymentReplicas {
+        deployment: Some(DeploymentRef {
+            namespace: key.namespace,
+            name: key.name,
+        }),
+        uid: deployment.uid().unwrap_or_default(),
+        spec_replicas: deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            // Kubernetes defaults an unset spec.replicas to 1.
+            .unwrap_or(1),
+        ready_replicas: status.ready_replicas.unwrap_or(0),
+        available_replicas: status.available_replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        desired_replicas: setpoint.map(|setpoint| setpoint.spec.replicas),
+        reconcile_state: state.into(),
+        reconcile_message: message,
+        version: setpoint.map(version).unwrap_or_default(),
+    }
+}
+
+fn reconcile_state(
+    deployment: &Deployment,
+    setpoint: Option<&ReplicaSetpoint>,
+) -> (ReconcileState, String) {
+    let Some(setpoint) = setpoint else {
+        return (ReconcileState::Unmanaged, String::new());
+    };
+    if deployment.uid().as_deref() != Some(setpoint.spec.deployment_uid.as_str()) {
+        return (
+            ReconcileState::TargetReplaced,
+            "the setpoint was made for an earlier Deployment with this name; set replicas \
+             again to manage this one"
+                .into(),
+        );
+    }
+    let observed = setpoint
+        .status
+        .as_ref()
+        .and_then(|status| status.observed_generation);
+    let condition = setpoint.reconciled_condition();
+    match condition {
+        Some(condition) if observed == setpoint.metadata.generation => {
+            let state = match condition.reason.as_str() {
+                "Reconciled" if condition.status == "True" => ReconcileState::Reconciled,
+                "ManagedByHPA" => ReconcileState::ManagedByHpa,
+                "TargetReplaced" => ReconcileState::TargetReplaced,
+                "Pending" => ReconcileState::Pending,
+                _ => ReconcileState::Failed,
+            };
+            (state, condition.message.clone())
+        }
+        _ => (
+            ReconcileState::Pending,
+            "the reconciler has not processed this setpoint yet".into(),
+        ),
+    }
+}
+
+/// What ListDeployments selects.
+pub struct ListQuery {
+    /// Empty for all namespaces.
+    pub namespace: String,
+    pub selector: Selector,
+    pub page_size: usize,
+    /// Only keys after this one (from the page token).
+    pub after: Option<DeploymentKey>,
+}
+
+/// One page of `deployments` in (namespace, name) order, and the key to continue after
+/// when more match.
+pub fn list_page(
+    deployments: Vec<Arc<Deployment>>,
+    query: &ListQuery,
+) -> (Vec<Arc<Deployment>>, Option<DeploymentKey>) {
+    let mut matching: Vec<(DeploymentKey, Arc<Deployment>)> = deployments
+        .into_iter()
+        .map(|deployment| (key_of(&deployment), deployment))
+        .filter(|(key, deployment)| {
+            (query.namespace.is_empty() || key.namespace == query.namespace)
+                && query.after.as_ref().is_none_or(|after| key > after)
+                && query.selector.matches(deployment.labels())
+        })
+        .collect();
+    let more = matching.len() > query.page_size;
+    if more {
+        // Only the page needs sorting: partition around the first key after it.
+        matching.select_nth_unstable_by(query.page_size, |a, b| a.0.cmp(&b.0));
+        matching.truncate(query.page_size);
+    }
+    matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let next = more
+        .then(|| matching.last().map(|(key, _)| key.clone()))
+        .flatten();
+    (matching.into_iter().map(|(_, d)| d).collect(), next)
+}
+
+pub fn encode_page_token(after: &DeploymentKey) -> String {
+    URL_SAFE_NO_PAD.encode(after.to_string())
+}
+
+pub fn decode_page_token(token: &str) -> Result<Option<DeploymentKey>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        Error::InvalidArgument(
+            "page_token is not a next_page_token from a previous ListDeployments response".into(),
+        )
+    };
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    let (namespace, name) = text.split_once('/').ok_or_else(invalid)?;
+    validate::namespace(namespace).map_err(|_| invalid())?;
+    validate::subdomain("name", name).map_err(|_| invalid())?;
+    Ok(Some(DeploymentKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use kube::api::ObjectMeta;
+    use setpoint_reconciler::{ReplicaSetpointSpec, ReplicaSetpointStatus};
+
+    use super::*;
+
+    fn deployment(namespace: &str, name: &str, app: &str) -> Arc<Deployment> {
+        Arc::new(Deployment {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some(BTreeMap::from([("app".into(), app.into())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(2),
+                ..DeploymentSpec::default()
+            }),
+            ..Deployment::default()
+        })
+    }
+
+    fn query(namespace: &str, selector: &str, page_size: usize) -> ListQuery {
+        ListQuery {
+            namespace: namespace.into(),
+            selector: crate::selector::parse(selector).expect("selector"),
+            page_size,
+            after: None,
+        }
+    }
+
+    fn names(page: &[Arc<Deployment>]) -> Vec<String> {
+        page.iter().map(|d| key_of(d).to_string()).collect()
+    }
+
+    #[test]
+    fn pages_walk_every_match_once_in_order() {
+        let all: Vec<_> = ["b/x", "a/z", "a/y", "c/w", "a/x"]
+            .iter()
+            .map(|key| {
+                let (namespace, name) = key.split_once('/').expect("key");
+                deployment(namespace, name, "web")
+            })
+            .collect();
+        let mut query = query("", "", 2);
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = list_page(all.clone(), &query);
+            assert!(page.len() <= 2);
+            seen.extend(names(&page));
+            let Some(next) = next else { break };
+            let token = encode_page_token(&next);
+            query.after = decode_page_token(&token).expect("round trip");
+        }
+        assert_eq!(seen, ["a/x", "a/y", "a/z", "b/x", "c/w"]);
+    }
+
+    #[test]
+    fn namespace_and_selector_filter() {
+        let all = vec![
+            deployment("a", "web", "web"),
+            deployment("a", "db", "db"),
+            deployment("b", "web", "web"),
+        ];
+        assert_eq!(
+            names(&list_page(all.clone(), &query("a", "", 10)).0),
+            ["a/db", "a/web"]
+        );
+        assert_eq!(
+            names(&list_page(all.clone(), &query("", "app=web", 10)).0),
+            ["a/web", "b/web"]
+        );
+        let (page, next) = list_page(all, &query("b", "app=web", 1));
+        assert_eq!((names(&page), next), (vec!["b/web".to_string()], None));
+    }
+
+    #[test]
+    fn garbage_page_tokens_are_invalid_arguments() {
+        for token in ["%%%", "bm8tc2xhc2g", &URL_SAFE_NO_PAD.encode("Bad/NAME")] {
+            assert!(
+                matches!(decode_page_token(token), Err(Error::InvalidArgument(_))),
+                "{token}"
+            );
+        }
+        assert_eq!(decode_page_token("").ok(), Some(None));
+    }
+
+    fn setpoint(uid: &str, generation: i64, status: Option<(i64, &str, &str)>) -> ReplicaSetpoint {
+        let mut setpoint = ReplicaSetpoint::new(
+            "web",
+            ReplicaSetpointSpec {
+                replicas: 5,
+                deployment_uid: uid.into(),
+            },
+        );
+        setpoint.metadata.uid = Some("setpoint-uid".into());
+        setpoint.metadata.generation = Some(generation);
+        setpoint.status = status.map(|(observed, status, reason)| ReplicaSetpointStatus {
+            observed_generation: Some(observed),
+            applied_replicas: Some(5),
+            conditions: vec![Condition {
+                type_: "Reconciled".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: format!("{reason} message"),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: Some(observed),
+            }],
+        });
+        setpoint
+    }
+
+    #[test]
+    fn reconcile_state_follows_the_setpoint_status() {
+        let web = deployment("a", "web", "web");
+        let state = |setpoint: Option<&ReplicaSetpoint>| {
+            ReconcileState::try_from(replicas(&web, setpoint).reconcile_state).expect("known")
+        };
+        assert_eq!(state(None), ReconcileState::Unmanaged);
+        assert_eq!(
+            state(Some(&setpoint("uid-web", 1, None))),
+            ReconcileState::Pending
+        );
+        assert_eq!(
+            state(Some(&setpoint(
+                "uid-web",
+                2,
+                Some((1, "True", "Reconciled"))
+            ))),
+            ReconcileState::Pending,
+            "a status for an older generation is not current"
+        );
+        assert_eq!(
+            state(Some(&setpoint(
+                "uid-web",
+                2,
+                Some((2, "True", "Reconciled"))
+            ))),
+            ReconcileState::Reconciled
+        );
+        assert_eq!(
+            state(Some(&setpoint(
+                "uid-web",
+                2,
+                Some((2, "False", "ManagedByHPA"))
+            ))),
+            ReconcileState::ManagedByHpa
+        );
+        assert_eq!(
+            state(Some(&setpoint(
+                "uid-web",
+                2,
+                Some((2, "False", "ScaleFailed"))
+            ))),
+            ReconcileState::Failed
+        );
+        assert_eq!(
+            state(Some(&setpoint(
+                "uid-old",
+                2,
+                Some((2, "True", "Reconciled"))
+            ))),
+            ReconcileState::TargetReplaced
+        );
+    }
+
+    #[test]
+    fn replicas_report_spec_desired_and_version() {
+        let web = deployment("a", "web", "web");
+        let answer = replicas(&web, Some(&setpoint("uid-web", 3, None)));
+        assert_eq!(answer.spec_replicas, 2);
+        assert_eq!(answer.desired_replicas, Some(5));
+        assert_eq!(answer.version, "setpoint-uid/3");
+        assert_eq!(answer.uid, "uid-web");
+        let unmanaged = replicas(&web, None);
+        assert_eq!(
+            (unmanaged.desired_replicas, unmanaged.version),
+            (None, String::new())
+        );
+    }
+}
