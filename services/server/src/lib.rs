@@ -62,23 +62,27 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
         let files = TlsFiles {
             cert: config.tls_cert.clone(),
             key: config.tls_key.clone(),
             client_ca: config.client_ca.clone(),
         };
-        let tls = Reloader::new("TLS configuration", files.paths(), move || {
-            tls::server_config(&files)
-        })?;
+        let tls = Reloader::new(
+            "TLS configuration",
+            files.paths(),
+            move || tls::server_config(&files),
+            metrics.reload_failures.clone(),
+        )?;
         let policy_path = config.policy.clone();
         let policy = Reloader::new(
             "authorization policy",
             vec![policy_path.clone()],
             move || Policy::load(&policy_path),
+            metrics.reload_failures.clone(),
         )?;
 
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
         // Every request to the API server is counted, which is how tests prove reads
         // never make one.
         let kube_requests = metrics.kube_requests.clone();

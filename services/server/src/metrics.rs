@@ -38,6 +38,7 @@ pub struct Metrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     pub kube_requests: Counter,
     pub tls_handshake_failures: Counter,
+    pub reload_failures: Counter,
 }
 
 impl Metrics {
@@ -51,6 +52,7 @@ impl Metrics {
             watch_restarts: Family::default(),
             kube_requests: Counter::default(),
             tls_handshake_failures: Counter::default(),
+            reload_failures: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("setpoint");
         registry.register(
@@ -82,6 +84,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed or timed-out TLS handshakes on the API port",
             metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "reload_failures",
+            "Changed TLS or policy files that failed to load (the previous version stays)",
+            metrics.reload_failures.clone(),
         );
         metrics
     }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::Error;
 
 /// A value that readers share and a reloader replaces.
@@ -46,6 +48,7 @@ pub struct Reloader<T> {
     load: Box<dyn Fn() -> Result<T, Error> + Send + Sync>,
     shared: Shared<T>,
     fingerprint: u64,
+    failures: Counter,
 }
 
 impl<T: Send + Sync + 'static> Reloader<T> {
@@ -53,6 +56,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
         what: &'static str,
         files: Vec<PathBuf>,
         load: impl Fn() -> Result<T, Error> + Send + Sync + 'static,
+        failures: Counter,
     ) -> Result<Self, Error> {
         let fingerprint = fingerprint(&files);
         let shared = Shared::new(load()?);
@@ -62,6 +66,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
             load: Box::new(load),
             shared,
             fingerprint,
+            failures,
         })
     }
 
@@ -87,7 +92,8 @@ impl<T: Send + Sync + 'static> Reloader<T> {
                 }
                 // Keep the fingerprint, so the next tick tries again.
                 Err(error) => {
-                    tracing::error!(what = self.what, %error, "reload failed; keeping the previous version")
+                    self.failures.inc();
+                    tracing::error!(what = self.what, %error, "reload failed; keeping the previous version");
                 }
             }
         }

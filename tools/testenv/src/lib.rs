@@ -11,6 +11,7 @@
 mod pki;
 mod process;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
@@ -19,11 +20,15 @@ use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, PodTemplateSpec, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
 
 use crate::pki::Pki;
@@ -56,6 +61,8 @@ pub enum Error {
     },
     #[error("TokenRequest for ServiceAccount {namespace}/{name} returned no token")]
     NoToken { namespace: String, name: String },
+    #[error("manifest: {0}")]
+    Manifest(String),
     #[error("generating the control plane's PKI: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("reading the control plane's kubeconfig: {0}")]
@@ -326,6 +333,35 @@ impl ControlPlane {
         Ok(created.metadata.name.unwrap_or_default())
     }
 
+    /// Server-side applies every object of a multi-document YAML manifest as admin
+    /// (field manager `testenv`, forced) and returns how many were applied.
+    pub async fn apply_manifest(&self, yaml: &str) -> Result<usize, Error> {
+        let client = self.admin_client().await?;
+        let objects: Vec<DynamicObject> = serde_saphyr::from_multiple(yaml)
+            .map_err(|error| Error::Manifest(error.to_string()))?;
+        for object in &objects {
+            let types = object.types.as_ref().ok_or_else(|| {
+                Error::Manifest(format!("{:?} has no apiVersion/kind", object.metadata.name))
+            })?;
+            let gvk = GroupVersionKind::try_from(types)
+                .map_err(|error| Error::Manifest(error.to_string()))?;
+            let (resource, capabilities) = discovery::pinned_kind(&client, &gvk).await?;
+            let api: Api<DynamicObject> = match (&capabilities.scope, object.namespace()) {
+                (Scope::Namespaced, Some(namespace)) => {
+                    Api::namespaced_with(client.clone(), &namespace, &resource)
+                }
+                _ => Api::all_with(client.clone(), &resource),
+            };
+            api.patch(
+                &object.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
+        }
+        Ok(objects.len())
+    }
+
     /// Kills the API server (SIGKILL, like a crash); etcd and its data stay.
     pub fn stop_apiserver(&self) {
         if let Some(mut apiserver) = self.processes().apiserver.take() {
@@ -435,6 +471,42 @@ async fn probe_ready(client: &Client) -> Result<(), kube::Error> {
     client.request_text(readyz).await?;
     Api::<Namespace>::all(client.clone()).get("default").await?;
     Ok(())
+}
+
+/// A minimal valid Deployment `name` with `replicas` (label `app: <name>`, one pause
+/// container), for tests to create.
+pub fn deployment(name: &str, replicas: i32) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("registry.k8s.io/pause:3.10".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT_TIMEOUT`].

@@ -1,49 +1,12 @@
 //! Proves the test control plane is a real Kubernetes API server: objects persist,
 //! watches stream changes, RBAC is enforced, and the controller manager runs.
 
-use std::collections::BTreeMap;
-
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-
-fn deployment(name: &str, replicas: i32) -> Deployment {
-    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.k8s.io/pause:3.10".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    }
-}
 
 async fn admin_deployments(namespace: &str) -> anyhow::Result<Api<Deployment>> {
     let client = testenv::shared().await.admin_client().await?;
@@ -75,7 +38,7 @@ async fn created_deployment_reads_back() -> anyhow::Result<()> {
     let namespace = testenv::shared().await.namespace("readback").await?;
     let deployments = admin_deployments(&namespace).await?;
     let created = deployments
-        .create(&PostParams::default(), &deployment("web", 3))
+        .create(&PostParams::default(), &testenv::deployment("web", 3))
         .await?;
 
     let read = deployments.get("web").await?;
@@ -90,7 +53,7 @@ async fn watch_sees_a_replica_change() -> anyhow::Result<()> {
     let namespace = testenv::shared().await.namespace("watch").await?;
     let deployments = admin_deployments(&namespace).await?;
     deployments
-        .create(&PostParams::default(), &deployment("web", 1))
+        .create(&PostParams::default(), &testenv::deployment("web", 1))
         .await?;
     let mut replicas_seen = watcher(deployments.clone(), watcher::Config::default())
         .applied_objects()
@@ -208,7 +171,7 @@ async fn controller_manager_rolls_out_deployments() -> anyhow::Result<()> {
     let namespace = control_plane.namespace("rollout").await?;
     let deployments = admin_deployments(&namespace).await?;
     deployments
-        .create(&PostParams::default(), &deployment("web", 2))
+        .create(&PostParams::default(), &testenv::deployment("web", 2))
         .await?;
 
     let replica_sets =

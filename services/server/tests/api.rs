@@ -1,0 +1,508 @@
+//! The API end to end: a real server (running as its ServiceAccount) against the real
+//! control plane, called over mTLS.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+};
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_api::v1::{
+    DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState, SetReplicasRequest,
+};
+use setpoint_reconciler::ReplicaSetpoint;
+use support::{OPERATOR, STRANGER, Setpoint, VIEWER, namespace_with};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn reference(namespace: &str, name: &str) -> Option<DeploymentRef> {
+    Some(DeploymentRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+fn set(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
+    SetReplicasRequest {
+        deployment: reference(namespace, name),
+        replicas,
+        expected_version: None,
+    }
+}
+
+async fn get(
+    client: &mut ReplicaServiceClient<Channel>,
+    namespace: &str,
+    name: &str,
+) -> Result<setpoint_api::v1::DeploymentReplicas, tonic::Status> {
+    let response = client
+        .get_replicas(GetReplicasRequest {
+            deployment: reference(namespace, name),
+        })
+        .await?;
+    Ok(response.into_inner().replicas.expect("replicas"))
+}
+
+fn list_in(namespace: &str) -> ListDeploymentsRequest {
+    ListDeploymentsRequest {
+        namespace: namespace.into(),
+        ..ListDeploymentsRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn operator_can_list_get_and_set() {
+    let namespace = namespace_with("operator", &[("web", 2), ("db", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+
+    let listed = client
+        .list_deployments(list_in(&namespace))
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<_> = listed
+        .deployments
+        .iter()
+        .map(|d| d.deployment.clone().unwrap_or_default().name)
+        .collect();
+    assert_eq!(names, ["db", "web"], "ordered by name");
+    assert!(listed.next_page_token.is_empty());
+
+    let before = get(&mut client, &namespace, "web").await.expect("get");
+    assert_eq!(before.spec_replicas, 2);
+    assert_eq!(before.desired_replicas, None);
+    assert_eq!(before.reconcile_state(), ReconcileState::Unmanaged);
+
+    let stored = client
+        .set_replicas(set(&namespace, "web", 5))
+        .await
+        .expect("set")
+        .into_inner()
+        .replicas
+        .expect("replicas");
+    assert_eq!(stored.desired_replicas, Some(5));
+    assert_eq!(stored.reconcile_state(), ReconcileState::Pending);
+    assert!(!stored.version.is_empty());
+
+    // Durably stored: the ReplicaSetpoint exists in the API server, targets this
+    // Deployment's UID, and is owned by Setpoint's field manager.
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let setpoint = Api::<ReplicaSetpoint>::namespaced(admin, &namespace)
+        .get("web")
+        .await
+        .expect("the setpoint was stored");
+    assert_eq!(setpoint.spec.replicas, 5);
+    assert_eq!(setpoint.spec.deployment_uid, before.uid);
+    let managers: Vec<_> = setpoint
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| entry.manager)
+        .collect();
+    assert!(managers.contains(&"setpoint".to_string()), "{managers:?}");
+
+    // Reads catch up through the watch cache.
+    testenv::wait_for("the setpoint to reach the cache", || async {
+        let read = get(&mut client.clone(), &namespace, "web").await.ok()?;
+        (read.desired_replicas == Some(5)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn viewer_can_read_but_not_set() {
+    let namespace = namespace_with("viewer", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut viewer = server.client(VIEWER).await;
+
+    assert!(viewer.list_deployments(list_in(&namespace)).await.is_ok());
+    assert_eq!(
+        get(&mut viewer, &namespace, "web")
+            .await
+            .expect("get")
+            .spec_replicas,
+        1
+    );
+    let denied = viewer
+        .set_replicas(set(&namespace, "web", 3))
+        .await
+        .expect_err("viewer may not set");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains(VIEWER), "{}", denied.message());
+}
+
+#[tokio::test]
+async fn unknown_identity_is_denied_everything() {
+    let namespace = namespace_with("stranger", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut stranger = server.client(STRANGER).await;
+
+    let denied = stranger
+        .list_deployments(list_in(&namespace))
+        .await
+        .expect_err("no role");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = get(&mut stranger, &namespace, "web")
+        .await
+        .expect_err("no role");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
+    let namespace = namespace_with("invalid", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+
+    let cases = [
+        (
+            set("Bad_Namespace", "web", 1),
+            Code::InvalidArgument,
+            "namespace",
+        ),
+        (
+            set(&namespace, "Web!", 1),
+            Code::InvalidArgument,
+            "deployment name",
+        ),
+        (
+            set(&namespace, "web", -1),
+            Code::InvalidArgument,
+            "between 0 and 1000",
+        ),
+        (
+            set(&namespace, "web", 1001),
+            Code::InvalidArgument,
+            "between 0 and 1000",
+        ),
+        (set(&namespace, "missing", 1), Code::NotFound, "not found"),
+        (
+            SetReplicasRequest {
+                deployment: None,
+                replicas: 1,
+                expected_version: None,
+            },
+            Code::InvalidArgument,
+            "deployment is required",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let status = client.set_replicas(request).await.expect_err("rejected");
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(status.message().contains(message), "{}", status.message());
+    }
+    for request in [
+        ListDeploymentsRequest {
+            label_selector: "app in web".into(),
+            ..ListDeploymentsRequest::default()
+        },
+        ListDeploymentsRequest {
+            page_size: 501,
+            ..ListDeploymentsRequest::default()
+        },
+        ListDeploymentsRequest {
+            page_token: "not-a-token".into(),
+            ..ListDeploymentsRequest::default()
+        },
+    ] {
+        let status = client
+            .list_deployments(request)
+            .await
+            .expect_err("rejected");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    }
+    let status = get(&mut client, &namespace, "missing")
+        .await
+        .expect_err("missing");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Nothing was written, and the server still answers.
+    assert_eq!(
+        get(&mut client, &namespace, "web")
+            .await
+            .expect("get")
+            .desired_replicas,
+        None
+    );
+}
+
+#[tokio::test]
+async fn stale_expected_version_is_aborted() {
+    let namespace = namespace_with("version", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+
+    let with_version = |replicas, version: &str| SetReplicasRequest {
+        expected_version: Some(version.into()),
+        ..set(&namespace, "web", replicas)
+    };
+    // "" means "only if there is no setpoint yet".
+    let first = client
+        .set_replicas(with_version(2, ""))
+        .await
+        .expect("create")
+        .into_inner()
+        .replicas
+        .expect("replicas");
+    let again = client
+        .set_replicas(with_version(3, ""))
+        .await
+        .expect_err("a setpoint exists now");
+    assert_eq!(again.code(), Code::Aborted);
+
+    let second = client
+        .set_replicas(with_version(4, &first.version))
+        .await
+        .expect("the version matches")
+        .into_inner()
+        .replicas
+        .expect("replicas");
+    assert_ne!(second.version, first.version);
+    let stale = client
+        .set_replicas(with_version(5, &first.version))
+        .await
+        .expect_err("the version moved on");
+    assert_eq!(stale.code(), Code::Aborted);
+    assert!(
+        stale.message().contains("not the expected"),
+        "{}",
+        stale.message()
+    );
+}
+
+#[tokio::test]
+async fn racing_writers_with_the_same_expected_version_have_one_winner() {
+    let namespace = namespace_with("race", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let client = server.client(OPERATOR).await;
+
+    let attempts = (1..=8).map(|replicas| {
+        let mut client = client.clone();
+        let request = SetReplicasRequest {
+            expected_version: Some(String::new()),
+            ..set(&namespace, "web", replicas)
+        };
+        async move { (replicas, client.set_replicas(request).await) }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let winners: Vec<i32> = results
+        .iter()
+        .filter(|(_, result)| result.is_ok())
+        .map(|(replicas, _)| *replicas)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one writer wins: {results:?}");
+    for (_, result) in &results {
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        }
+    }
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let stored = Api::<ReplicaSetpoint>::namespaced(admin, &namespace)
+        .get("web")
+        .await
+        .expect("stored");
+    assert_eq!(
+        stored.spec.replicas, winners[0],
+        "the stored value is the winner's"
+    );
+}
+
+#[tokio::test]
+async fn deployments_scaled_by_an_hpa_are_refused() {
+    let namespace = namespace_with("hpa", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let autoscaler = HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some("web-hpa".into()),
+            ..ObjectMeta::default()
+        },
+        spec: HorizontalPodAutoscalerSpec {
+            max_replicas: 10,
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    };
+    Api::<HorizontalPodAutoscaler>::namespaced(admin, &namespace)
+        .create(&PostParams::default(), &autoscaler)
+        .await
+        .expect("create HPA");
+
+    let client = server.client(OPERATOR).await;
+    let refused = testenv::wait_for("the HPA to reach the cache", || async {
+        let result = client.clone().set_replicas(set(&namespace, "web", 3)).await;
+        result
+            .err()
+            .filter(|status| status.code() == Code::FailedPrecondition)
+    })
+    .await;
+    assert!(
+        refused.message().contains("web-hpa"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn reads_make_no_apiserver_requests_and_follow_changes() {
+    let namespace = namespace_with("cached", &[("web", 1), ("db", 1)]).await;
+    let server = Setpoint::start_with("setpoint", &["--probe-interval=1h"]).await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+    // Let the watches settle after their initial lists.
+    get(&mut client, &namespace, "web").await.expect("warm-up");
+
+    let before = server.metric("setpoint_kube_requests_total").await;
+    assert!(before > 0.0, "the counter sees the watches' requests");
+    for _ in 0..100 {
+        get(&mut client, &namespace, "web").await.expect("get");
+        client
+            .list_deployments(list_in(&namespace))
+            .await
+            .expect("list");
+    }
+    let after = server.metric("setpoint_kube_requests_total").await;
+    assert_eq!(after, before, "200 reads sent no request to the API server");
+
+    // A change made directly in the API server reaches reads through the watch.
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    Api::<Deployment>::namespaced(admin, &namespace)
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .expect("scale db");
+    testenv::wait_for("the change to reach reads", || async {
+        let db = get(&mut client.clone(), &namespace, "db").await.ok()?;
+        (db.spec_replicas == 7).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_rbac_the_cache_never_syncs_and_reads_are_unavailable() {
+    let namespace = namespace_with("unsynced", &[("web", 1)]).await;
+    // A ServiceAccount with no bindings: the watches are forbidden.
+    let server = Setpoint::start("no-permissions").await;
+    let mut client = server.client(OPERATOR).await;
+
+    let status = get(&mut client, &namespace, "web")
+        .await
+        .expect_err("not synced");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("not synced"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .list_deployments(list_in(&namespace))
+        .await
+        .expect_err("not synced");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(server.http_get("/readyz").await.0, 503);
+    assert_eq!(server.http_get("/livez").await.0, 200);
+    testenv::wait_for(
+        "the forbidden watches to be counted as restarts",
+        || async { (server.metric("setpoint_watch_restarts_total").await > 0.0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn health_reports_serving_once_synced_and_shutdown_is_graceful() {
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let (cert, key) = server.pki.client(VIEWER);
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", server.grpc))
+        .expect("url")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    server.pki.ca.cert_pem(),
+                ))
+                .identity(tonic::transport::Identity::from_pem(cert, key))
+                .domain_name("localhost"),
+        )
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = testenv::wait_for("SERVING", || async {
+        let response = health
+            .clone()
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "setpoint.v1.ReplicaService".into(),
+            })
+            .await
+            .ok()?;
+        let status = response.into_inner().status();
+        (status == tonic_health::pb::health_check_response::ServingStatus::Serving)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let (code, body) = server.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("setpoint_grpc_requests_total"), "{body}");
+    assert!(body.contains("setpoint_cache_objects"), "{body}");
+
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn policy_changes_apply_without_restart() {
+    let namespace = namespace_with("policy", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut viewer = server.client(VIEWER).await;
+    let denied = viewer
+        .set_replicas(set(&namespace, "web", 2))
+        .await
+        .expect_err("viewer");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    server.pki.write(
+        "policy.yaml",
+        "bindings: [{role: operator, identities: [spiffe://setpoint.dev/viewer]}]",
+    );
+    testenv::wait_for("the new policy to apply", || async {
+        viewer
+            .clone()
+            .set_replicas(set(&namespace, "web", 2))
+            .await
+            .ok()
+    })
+    .await;
+
+    // A broken policy is rejected and the last good one stays in force.
+    server.pki.write("policy.yaml", "bindings: [{role: admin}]");
+    testenv::wait_for("the broken policy to be rejected", || async {
+        (server.metric("setpoint_reload_failures_total").await > 0.0).then_some(())
+    })
+    .await;
+    assert!(viewer.set_replicas(set(&namespace, "web", 3)).await.is_ok());
+}

@@ -1,0 +1,290 @@
+//! Starts a real setpoint-server in-process against the shared test control plane,
+//! with Setpoint's own manifests (namespace, CRD, RBAC) applied and the server running
+//! as its ServiceAccount, and hands out mTLS clients for any identity.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use devpki::{Authority, Subject};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_server::{Config, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OnceCell, oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+pub const OPERATOR: &str = "spiffe://setpoint.dev/operator";
+pub const VIEWER: &str = "spiffe://setpoint.dev/viewer";
+pub const STRANGER: &str = "spiffe://setpoint.dev/stranger";
+/// Short, so reload tests do not wait long.
+pub const RELOAD_INTERVAL: &str = "200ms";
+const VALIDITY: Duration = Duration::from_secs(3600);
+
+pub const POLICY: &str = "
+bindings:
+  - role: operator
+    identities: [spiffe://setpoint.dev/operator]
+  - role: viewer
+    identities: [spiffe://setpoint.dev/viewer]
+";
+
+/// Applies `k8s/base` (namespace, CRD, RBAC) once per test binary and waits until the
+/// CRD is established.
+pub async fn install_setpoint() -> &'static testenv::ControlPlane {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    let control_plane = testenv::shared().await;
+    INSTALLED
+        .get_or_init(|| async {
+            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base");
+            for manifest in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
+                let yaml = std::fs::read_to_string(base.join(manifest)).expect("manifest");
+                control_plane
+                    .apply_manifest(&yaml)
+                    .await
+                    .unwrap_or_else(|error| panic!("applying {manifest}: {error}"));
+            }
+            let crds = Api::<CustomResourceDefinition>::all(
+                control_plane.admin_client().await.expect("admin"),
+            );
+            testenv::wait_for("the ReplicaSetpoint CRD to be established", || async {
+                let crd = crds.get("replicasetpoints.setpoint.dev").await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            })
+            .await;
+        })
+        .await;
+    control_plane
+}
+
+/// A CA with the files a server needs, in a temporary directory.
+pub struct TestPki {
+    pub ca: Authority,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let ca = Authority::generate("test-client-ca", VALIDITY).expect("CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Self { ca, dir };
+        pki.write("ca.crt", pki.ca.cert_pem());
+        pki.rotate_server_certificate();
+        pki.write("policy.yaml", POLICY);
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) {
+        // Write then rename, as Kubernetes' atomic volume updates do: a reload never
+        // sees half a file.
+        let temporary = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents).expect("write");
+        std::fs::rename(&temporary, self.path(name)).expect("rename");
+    }
+
+    /// Issues a new server certificate and key and writes them; returns the DER.
+    pub fn rotate_server_certificate(&self) -> Vec<u8> {
+        let server = self
+            .ca
+            .issue(&Subject::server(
+                "setpoint",
+                &["localhost", "127.0.0.1"],
+                VALIDITY,
+            ))
+            .expect("server certificate");
+        // Key first: a reload between the two writes fails to load and is retried.
+        self.write("server.key", &server.key_pem);
+        self.write("server.crt", &server.cert_pem);
+        der(&server.cert_pem)
+    }
+
+    /// A client certificate and key (PEM) for `identity` (a URI SAN).
+    pub fn client(&self, identity: &str) -> (String, String) {
+        let issued = self
+            .ca
+            .issue(&Subject::client("test-client", VALIDITY).with_uri(identity))
+            .expect("client certificate");
+        (issued.cert_pem, issued.key_pem)
+    }
+}
+
+pub fn der(pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .expect("PEM certificate")
+        .1
+        .contents
+}
+
+/// A running server. Dropping it stops the server.
+pub struct Setpoint {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub pki: TestPki,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), setpoint_server::Error>>>,
+}
+
+impl Setpoint {
+    /// Starts a server that runs as the ServiceAccount `setpoint/<account>`: `setpoint`
+    /// has the RBAC from `k8s/base/rbac.yaml`, any other name has none.
+    pub async fn start(account: &str) -> Self {
+        Self::start_with(account, &[]).await
+    }
+
+    pub async fn start_with(account: &str, extra_args: &[&str]) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let control_plane = install_setpoint().await;
+        let kube_config = control_plane
+            .service_account_config("setpoint", account)
+            .await
+            .expect("ServiceAccount config");
+        let pki = TestPki::new();
+        let path = |name: &str| pki.path(name).display().to_string();
+        let mut args = vec![
+            "setpoint-server".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            "--http-listen=127.0.0.1:0".into(),
+            format!("--tls-cert={}", path("server.crt")),
+            format!("--tls-key={}", path("server.key")),
+            format!("--client-ca={}", path("ca.crt")),
+            format!("--policy={}", path("policy.yaml")),
+            format!("--reload-interval={RELOAD_INTERVAL}"),
+            "--drain-timeout=5s".into(),
+        ];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let config = <Config as clap::Parser>::try_parse_from(args).expect("server flags");
+        let server = Server::bind(config, kube_config).await.expect("bind");
+        let (grpc, http) = (
+            server.grpc_addr().expect("addr"),
+            server.http_addr().expect("addr"),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc,
+            http,
+            pki,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// An mTLS client with a certificate for `identity` from the server's client CA.
+    pub async fn client(&self, identity: &str) -> ReplicaServiceClient<Channel> {
+        let (cert, key) = self.pki.client(identity);
+        self.client_with(Some((cert, key)), self.pki.ca.cert_pem())
+            .await
+            .expect("connect")
+    }
+
+    /// A client with any (or no) certificate and trusted CA, for TLS failure tests.
+    pub async fn client_with(
+        &self,
+        identity: Option<(String, String)>,
+        server_ca_pem: &str,
+    ) -> Result<ReplicaServiceClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(server_ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Channel::from_shared(format!("https://{}", self.grpc))
+            .expect("url")
+            .tls_config(tls)?
+            .connect_lazy();
+        Ok(ReplicaServiceClient::new(channel))
+    }
+
+    /// Waits until the watch cache has synced (reads stop returning UNAVAILABLE).
+    pub async fn wait_until_ready(&self) {
+        testenv::wait_for("the server to become ready", || async {
+            (self.http_get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// GET on the HTTP port: (status code, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: setpoint\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of a counter or gauge from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends the shutdown signal and waits for the server to finish draining.
+    pub async fn stop(mut self) -> Result<(), setpoint_server::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops within its drain timeout")
+            .expect("the server task does not panic")
+    }
+}
+
+impl Drop for Setpoint {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Creates a fresh namespace with Deployments `name → replicas`; returns the namespace.
+pub async fn namespace_with(prefix: &str, deployments: &[(&str, i32)]) -> String {
+    let control_plane = testenv::shared().await;
+    let namespace = control_plane.namespace(prefix).await.expect("namespace");
+    let api = Api::<Deployment>::namespaced(
+        control_plane.admin_client().await.expect("admin"),
+        &namespace,
+    );
+    for (name, replicas) in deployments {
+        api.create(
+            &PostParams::default(),
+            &testenv::deployment(name, *replicas),
+        )
+        .await
+        .expect("create deployment");
+    }
+    namespace
+}
