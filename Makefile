@@ -9,12 +9,18 @@ CARGO ?= cargo
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+.PHONY: run
+run: controlplane ## Local control plane, demo Deployments, dev PKI and the server (Ctrl-C stops)
+	$(CARGO) build --locked --bins
+	target/debug/setpoint-dev
+
 .PHONY: controlplane
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager into the cache (no-op when built)
 	@tools/controlplane/build.sh >/dev/null
 
 .PHONY: test
 test: controlplane ## Unit and integration tests (against a real local control plane)
+	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked
 
 .PHONY: lint

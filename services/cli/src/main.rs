@@ -74,6 +74,7 @@ enum Command {
         /// NAMESPACE/NAME of the Deployment.
         deployment: String,
         /// Desired replica count.
+        #[arg(allow_negative_numbers = true)]
         replicas: i32,
         /// Only set if the setpoint is still at this version (from `get`); "" means
         /// only if there is no setpoint yet.
@@ -182,8 +183,12 @@ fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Layers often repeat their source's message; print each once.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -195,7 +200,24 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
         Some(source) if status.message().is_empty() => causes(source),
         _ => status.message().to_owned(),
     };
-    anyhow::anyhow!("{}: {detail}", code.description())
+    anyhow::anyhow!("{}: {detail}", code_name(code))
+}
+
+/// Short names for gRPC codes, as users see them in kubectl-style messages.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "unauthenticated",
+        Code::Aborted => "aborted (version conflict)",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Unavailable => "unavailable",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::DeadlineExceeded => "deadline exceeded",
+        _ => "error",
+    }
 }
 
 fn parse_ref(text: &str) -> anyhow::Result<DeploymentRef> {

@@ -190,18 +190,14 @@ pub struct Authorization<S> {
 }
 
 impl<S> Authorization<S> {
-    fn check<B>(&self, request: &http::Request<B>) -> Result<ClientIdentity, Error> {
+    fn identify<B>(request: &http::Request<B>) -> Result<ClientIdentity, Error> {
         let leaf = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .and_then(|certs: Arc<Vec<_>>| certs.first().cloned())
             .ok_or_else(|| Error::Unauthenticated("no verified client certificate".into()))?;
-        let identity = ClientIdentity::from_certificate(&leaf)?;
-        self.policy
-            .current()
-            .authorize(&identity, request.uri().path())?;
-        Ok(identity)
+        ClientIdentity::from_certificate(&leaf)
     }
 }
 
@@ -220,13 +216,25 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.check(&request) {
+        let method = request.uri().path();
+        let decision = Self::identify(&request).and_then(|identity| {
+            match self.policy.current().authorize(&identity, method) {
+                Ok(()) => Ok(identity),
+                Err(error) => {
+                    tracing::warn!(%identity, method, %error, "request denied");
+                    Err(error)
+                }
+            }
+        });
+        match decision {
             Ok(identity) => {
                 request.extensions_mut().insert(identity);
                 Box::pin(self.inner.call(request))
             }
             Err(error) => {
-                tracing::warn!(method = request.uri().path(), %error, "request denied");
+                if matches!(error, Error::Unauthenticated(_)) {
+                    tracing::warn!(method, %error, "request denied");
+                }
                 let status = tonic::Status::from(error);
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }

@@ -2,6 +2,10 @@
 //! client certificates. Nothing here is meant for production, where cert-manager issues
 //! Setpoint's certificates (see RFD 0001).
 
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
@@ -10,7 +14,67 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-pub use rcgen::Error;
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("issuing a certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Names the development server certificate covers: local runs and the in-cluster
+/// Service.
+pub const DEV_SERVER_HOSTS: &[&str] = &[
+    "localhost",
+    "127.0.0.1",
+    "setpoint",
+    "setpoint.setpoint",
+    "setpoint.setpoint.svc",
+    "setpoint.setpoint.svc.cluster.local",
+];
+
+/// The client identities of the development PKI, as `(file stem, URI SAN)`.
+pub const DEV_IDENTITIES: &[(&str, &str)] = &[
+    ("operator", "spiffe://setpoint.dev/operator"),
+    ("viewer", "spiffe://setpoint.dev/viewer"),
+];
+
+/// Writes the development PKI into `dir`: `ca.crt`, `server.{crt,key}` and
+/// `<identity>.{crt,key}` for each of [`DEV_IDENTITIES`]. Keys are mode 0600; the CA key
+/// is never written, so nothing else can be issued from it later.
+pub fn write_dev_pki(dir: &Path, validity: Duration) -> Result<(), Error> {
+    fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.into(),
+        source,
+    })?;
+    let ca = Authority::generate("setpoint-dev-ca", validity)?;
+    write(dir, "ca.crt", ca.cert_pem(), 0o644)?;
+    let server = ca.issue(&Subject::server("setpoint", DEV_SERVER_HOSTS, validity))?;
+    write(dir, "server.crt", &server.cert_pem, 0o644)?;
+    write(dir, "server.key", &server.key_pem, 0o600)?;
+    for (name, uri) in DEV_IDENTITIES {
+        let client = ca.issue(&Subject::client(name, validity).with_uri(uri))?;
+        write(dir, &format!("{name}.crt"), &client.cert_pem, 0o644)?;
+        write(dir, &format!("{name}.key"), &client.key_pem, 0o600)?;
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, contents: &str, mode: u32) -> Result<(), Error> {
+    let path = dir.join(name);
+    // Replace rather than truncate, so a key file never briefly has looser permissions.
+    let _ = fs::remove_file(&path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|source| Error::Write { path, source })
+}
 
 /// Validity of everything [`Authority::generate`] issues unless said otherwise.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -64,7 +64,9 @@ pub enum Error {
     #[error("manifest: {0}")]
     Manifest(String),
     #[error("generating the control plane's PKI: {0}")]
-    Pki(#[from] rcgen::Error),
+    Pki(#[from] devpki::Error),
+    #[error("generating the ServiceAccount key: {0}")]
+    Key(#[from] rcgen::Error),
     #[error("reading the control plane's kubeconfig: {0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error(transparent)]
@@ -117,6 +119,8 @@ fn stop_shared_at_exit() {
 /// A running etcd + kube-apiserver pair with an admin identity.
 pub struct ControlPlane {
     dir: PathBuf,
+    server: String,
+    ca_cert: PathBuf,
     binaries: PathBuf,
     kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
@@ -211,6 +215,8 @@ impl ControlPlane {
 
         let mut control_plane = Self {
             dir,
+            server: server.clone(),
+            ca_cert: pki.ca_cert.clone(),
             binaries,
             kubeconfig,
             apiserver_args,
@@ -268,6 +274,47 @@ impl ControlPlane {
         namespace: &str,
         name: &str,
     ) -> Result<Config, Error> {
+        let token = self.service_account_token(namespace, name).await?;
+        let mut config = self.admin_config().await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Ok(config)
+    }
+
+    /// Writes a kubeconfig file (mode 0600: it holds a token) for the ServiceAccount
+    /// `namespace/name`, for processes started outside the test.
+    pub async fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let token = self.service_account_token(namespace, name).await?;
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testenv", "cluster": {
+                "server": self.server,
+                "certificate-authority": self.ca_cert,
+            }}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": name}}],
+            "current-context": "testenv",
+        });
+        let _ = std::fs::remove_file(path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(kubeconfig.to_string().as_bytes())?;
+        Ok(())
+    }
+
+    async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, Error> {
         let accounts = Api::<ServiceAccount>::namespaced(self.admin_client().await?, namespace);
         let account = ServiceAccount {
             metadata: ObjectMeta {
@@ -276,21 +323,22 @@ impl ControlPlane {
             },
             ..ServiceAccount::default()
         };
-        accounts
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&account),
-            )
-            .await?;
+        // Create if missing; an existing account (e.g. from a manifest) stays as it is.
+        match accounts.create(&PostParams::default(), &account).await {
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            other => {
+                other?;
+            }
+        }
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
+                // Long enough for a `make run` session.
+                expiration_seconds: Some(24 * 3600),
                 ..TokenRequestSpec::default()
             }),
             ..TokenRequest::default()
         };
-        let token = accounts
+        accounts
             .create_token_request(name, &PostParams::default(), &request)
             .await?
             .status
@@ -298,13 +346,7 @@ impl ControlPlane {
             .ok_or_else(|| Error::NoToken {
                 namespace: namespace.into(),
                 name: name.into(),
-            })?;
-        let mut config = self.admin_config().await?;
-        config.auth_info = AuthInfo {
-            token: Some(token.into()),
-            ..AuthInfo::default()
-        };
-        Ok(config)
+            })
     }
 
     /// A client for the ServiceAccount `namespace/name`; see [`Self::service_account_config`].

@@ -5,17 +5,15 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use devpki::{Authority, Subject};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_server::{Config, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OnceCell, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -34,33 +32,15 @@ bindings:
     identities: [spiffe://setpoint.dev/viewer]
 ";
 
-/// Applies `k8s/base` (namespace, CRD, RBAC) once per test binary and waits until the
-/// CRD is established.
+/// Installs `k8s/base` (namespace, CRD, RBAC) once per test binary.
 pub async fn install_setpoint() -> &'static testenv::ControlPlane {
     static INSTALLED: OnceCell<()> = OnceCell::const_new();
     let control_plane = testenv::shared().await;
     INSTALLED
         .get_or_init(|| async {
-            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base");
-            for manifest in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
-                let yaml = std::fs::read_to_string(base.join(manifest)).expect("manifest");
-                control_plane
-                    .apply_manifest(&yaml)
-                    .await
-                    .unwrap_or_else(|error| panic!("applying {manifest}: {error}"));
-            }
-            let crds = Api::<CustomResourceDefinition>::all(
-                control_plane.admin_client().await.expect("admin"),
-            );
-            testenv::wait_for("the ReplicaSetpoint CRD to be established", || async {
-                let crd = crds.get("replicasetpoints.setpoint.dev").await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            })
-            .await;
+            devenv::install(control_plane)
+                .await
+                .expect("installing k8s/base");
         })
         .await;
     control_plane
@@ -221,23 +201,7 @@ impl Setpoint {
 
     /// GET on the HTTP port: (status code, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(self.http)
-            .await
-            .expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: setpoint\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        devenv::http_get(self.http, path).await.expect("HTTP GET")
     }
 
     /// The value of a counter or gauge from `/metrics` (0 when absent).

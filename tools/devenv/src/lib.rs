@@ -1,0 +1,98 @@
+//! Installs Setpoint's cluster-wide pieces (`k8s/base`: namespace, CRD, RBAC) into a
+//! local control plane, for integration tests and `make run`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use testenv::ControlPlane;
+
+/// The manifests applied, in order.
+pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "rbac.yaml"];
+/// Setpoint's namespace and ServiceAccount in those manifests.
+pub const NAMESPACE: &str = "setpoint";
+pub const SERVICE_ACCOUNT: &str = "setpoint";
+
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Applies `k8s/base` and waits until the ReplicaSetpoint CRD is established.
+pub async fn install(control_plane: &ControlPlane) -> anyhow::Result<()> {
+    let base = repository_root().join("k8s/base");
+    for manifest in BASE_MANIFESTS {
+        let path = base.join(manifest);
+        let yaml = std::fs::read_to_string(&path)?;
+        control_plane
+            .apply_manifest(&yaml)
+            .await
+            .map_err(|error| anyhow::anyhow!("applying {}: {error}", path.display()))?;
+    }
+    let crds = Api::<CustomResourceDefinition>::all(control_plane.admin_client().await?);
+    testenv::wait_for("the ReplicaSetpoint CRD to be established", || async {
+        let crd = crds.get("replicasetpoints.setpoint.dev").await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    Ok(())
+}
+
+/// Creates (or updates) the demo Deployments `demo/{web,api,worker}`.
+pub async fn create_demo(control_plane: &ControlPlane) -> anyhow::Result<()> {
+    let namespace = "demo";
+    control_plane
+        .apply_manifest(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+        ))
+        .await?;
+    let deployments = Api::<Deployment>::namespaced(control_plane.admin_client().await?, namespace);
+    for (name, replicas) in [("web", 3), ("api", 2), ("worker", 1)] {
+        deployments
+            .patch(
+                name,
+                &PatchParams::apply("setpoint-dev").force(),
+                &Patch::Apply(testenv::deployment(name, replicas)),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET (the server's probe and metrics port): `(status, body)`.
+pub async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: setpoint\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sends `signal` (e.g. `libc::SIGTERM`) to the process `pid`; a process that is already
+/// gone is not an error.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) on a pid with a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
