@@ -65,6 +65,23 @@ pub struct Config {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub probe_interval: Duration,
 
+    /// This replica's name in the leader-election Lease and in Events.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+
+    /// Namespace of the leader-election Lease `setpoint-leader`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "setpoint")]
+    pub lease_namespace: String,
+
+    /// How long the Lease is valid without renewal; a crashed leader is replaced
+    /// within this time.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often the leader renews the Lease (and others check it).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "SETPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -74,6 +91,14 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `<hostname>-<pid>`: unique per process on a node, readable in Events.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "setpoint".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Parses `500ms`, `10s`, `5m` or `1h`.

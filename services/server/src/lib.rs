@@ -25,6 +25,8 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use setpoint_api::v1::replica_service_server::ReplicaServiceServer;
+use setpoint_reconciler::lease::{self, LeaseConfig};
+use setpoint_reconciler::metrics::ReconcilerMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::util::MapRequestLayer;
@@ -48,11 +50,16 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The leader-election Lease, in `--lease-namespace`.
+const LEASE_NAME: &str = "setpoint-leader";
+/// Time to stop the reconciler and release the Lease after the drain.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Server {
     config: Config,
     client: kube::Client,
     metrics: Metrics,
+    reconciler_metrics: ReconcilerMetrics,
     registry: Registry,
     tls: Reloader<ServerConfig>,
     policy: Reloader<Policy>,
@@ -64,6 +71,7 @@ impl Server {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let reconciler_metrics = ReconcilerMetrics::register(&mut registry);
         let files = TlsFiles {
             cert: config.tls_cert.clone(),
             key: config.tls_key.clone(),
@@ -104,6 +112,7 @@ impl Server {
             config,
             client,
             metrics,
+            reconciler_metrics,
             registry,
             tls,
             policy,
@@ -131,6 +140,7 @@ impl Server {
             config,
             client,
             metrics,
+            reconciler_metrics,
             registry,
             tls,
             policy,
@@ -157,6 +167,31 @@ impl Server {
             // An error means the sender is gone, which also means stop.
             let _ = stopped.wait_for(|stop| *stop).await;
         };
+
+        // Every replica serves reads; only the Lease holder reconciles. A JoinSet, so that
+        // dropping `run` (a crash, in tests) also stops leading.
+        let mut leadership = JoinSet::new();
+        let lease_config = LeaseConfig {
+            namespace: config.lease_namespace.clone(),
+            name: LEASE_NAME.into(),
+            identity: config.identity.clone(),
+            duration: config.lease_duration,
+            renew_every: config.lease_renew_interval,
+        };
+        let (reconciler_client, identity) = (client.clone(), config.identity.clone());
+        leadership.spawn(lease::run(
+            client.clone(),
+            lease_config,
+            reconciler_metrics.leader.clone(),
+            move || {
+                setpoint_reconciler::controller::run(
+                    reconciler_client.clone(),
+                    reconciler_metrics.clone(),
+                    identity.clone(),
+                )
+            },
+            stop_signal(stopped.clone()),
+        ));
 
         let http = axum::serve(http_listener, http::router(readiness, Arc::new(registry)))
             .with_graceful_shutdown(stop_signal(stopped.clone()));
@@ -195,11 +230,11 @@ impl Server {
         tokio::pin!(grpc);
         tracing::info!(grpc = %config.listen, http = %config.http_listen, "serving");
 
-        tokio::select! {
+        let served = tokio::select! {
             result = &mut grpc => result.map_err(|error| Error::Io {
                 context: "gRPC server".into(),
                 source: std::io::Error::other(error),
-            })?,
+            }),
             () = shutdown => {
                 tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: draining connections");
                 // A closed receiver only means everything already stopped.
@@ -207,9 +242,18 @@ impl Server {
                 if tokio::time::timeout(config.drain_timeout, &mut grpc).await.is_err() {
                     tracing::warn!("drain timeout reached; closing remaining connections");
                 }
+                Ok(())
             }
+        };
+        // Also on a gRPC error: stop the reconciler and release the Lease.
+        let _ = stop.send(true);
+        if tokio::time::timeout(RELEASE_TIMEOUT, leadership.join_next())
+            .await
+            .is_err()
+        {
+            tracing::warn!("leader election did not stop in {RELEASE_TIMEOUT:?}");
         }
         tasks.shutdown().await;
-        Ok(())
+        served
     }
 }

@@ -1,0 +1,332 @@
+//! The reconciler: a kube-runtime `Controller` over ReplicaSetpoints, also triggered by
+//! their Deployments and by HPAs. Each reconcile reads the Deployment, decides
+//! ([`crate::decide`]), writes replicas only through the scale subresource with the
+//! resourceVersion it read, and records the outcome in status and Events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::decide::{Decision, Reason, Target, decide, next_status};
+use crate::metrics::{ReconcilerMetrics, ResultLabels};
+use crate::resource::ReplicaSetpoint;
+
+/// Field manager of Setpoint's writes.
+pub const FIELD_MANAGER: &str = "setpoint";
+/// Retry delays after errors: doubling from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// After a 409 the cache was merely stale: retry almost at once.
+const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Deployment changed between read and write (409); retrying")]
+    Conflict,
+    #[error("ReplicaSetpoint {0} has no namespace")]
+    NoNamespace(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: ReconcilerMetrics,
+    /// Consecutive failures per setpoint, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ReplicaSetpoint>, u32>>,
+}
+
+/// Runs the controller until the task is dropped (the lease loop aborts it when this
+/// replica stops leading). `instance` names this replica in Events.
+pub async fn run(client: Client, metrics: ReconcilerMetrics, instance: String) {
+    let reporter = Reporter {
+        controller: "setpoint".into(),
+        instance: Some(instance),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        metrics,
+        failures: Mutex::default(),
+    });
+    Controller::new(
+        Api::<ReplicaSetpoint>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .watches(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        |deployment| same_name(&deployment, &deployment.name_any()),
+    )
+    .watches(
+        Api::<HorizontalPodAutoscaler>::all(client),
+        watcher::Config::default().any_semantic(),
+        |autoscaler| {
+            let target = &autoscaler.spec.scale_target_ref;
+            (target.kind == "Deployment")
+                .then(|| same_name(&autoscaler, &target.name))
+                .flatten()
+        },
+    )
+    .run(reconcile, error_policy, context)
+    .for_each(|result| {
+        if let Err(error) = result {
+            tracing::debug!(%error, "reconcile failed");
+        }
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// The setpoint named `name` in `object`'s namespace.
+fn same_name(object: &impl Resource, name: &str) -> Option<ObjectRef<ReplicaSetpoint>> {
+    Some(ObjectRef::new(name).within(&object.namespace()?))
+}
+
+async fn reconcile(setpoint: Arc<ReplicaSetpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_once(&setpoint, &context).await;
+    context
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        context.failures().remove(&ObjectRef::from_obj(&*setpoint));
+        context.update_backoff_gauge();
+    }
+    result
+}
+
+async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result<Action, Error> {
+    let name = setpoint.name_any();
+    let namespace = setpoint
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let deployments = Api::<Deployment>::namespaced(context.client.clone(), &namespace);
+    let deployment = deployments.get_opt(&name).await?;
+    let autoscaler = Api::<HorizontalPodAutoscaler>::namespaced(context.client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|hpa| {
+            let target = &hpa.spec.scale_target_ref;
+            target.kind == "Deployment" && target.name == name
+        })
+        .map(|hpa| hpa.name_any());
+    let target = deployment.as_ref().map(|deployment| Target {
+        uid: deployment.uid().unwrap_or_default(),
+        replicas: deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            .unwrap_or(1),
+    });
+
+    let decision = decide(setpoint, target.as_ref(), autoscaler.as_deref());
+    let (reason, message, applied, result) = match decision {
+        Decision::Scale {
+            from,
+            to,
+            reverting,
+        } => {
+            let resource_version = deployment.and_then(|d| d.metadata.resource_version);
+            match scale(&deployments, &name, to, resource_version).await {
+                Ok(()) => {
+                    let (event, note) = if reverting {
+                        (
+                            "Reverted",
+                            format!("reverted an external scale from {from} to {to}"),
+                        )
+                    } else {
+                        ("Scaled", format!("scaled from {from} to {to}"))
+                    };
+                    tracing::info!(%namespace, deployment = %name, from, to, reverting, "scaled");
+                    context
+                        .publish(setpoint, EventType::Normal, event, note)
+                        .await;
+                    let message = format!("spec.replicas is {to}");
+                    (Reason::Reconciled, message, Some(to), "scaled")
+                }
+                Err(Error::Conflict) => {
+                    context.count("conflict");
+                    return Err(Error::Conflict);
+                }
+                Err(error) => {
+                    let message = format!("scaling to {to} failed: {error}");
+                    context
+                        .write_status(setpoint, &namespace, Reason::ScaleFailed, message, None)
+                        .await?;
+                    context.count("error");
+                    return Err(error);
+                }
+            }
+        }
+        Decision::InSync => {
+            let message = format!("spec.replicas is {}", setpoint.spec.replicas);
+            (
+                Reason::Reconciled,
+                message,
+                Some(setpoint.spec.replicas),
+                "in_sync",
+            )
+        }
+        Decision::Hold { reason, message } => {
+            let changed = setpoint
+                .reconciled_condition()
+                .is_none_or(|condition| condition.reason != reason.as_str());
+            if changed {
+                context
+                    .publish(
+                        setpoint,
+                        EventType::Warning,
+                        reason.as_str(),
+                        message.clone(),
+                    )
+                    .await;
+            }
+            (reason, message, None, "held")
+        }
+    };
+    context
+        .write_status(setpoint, &namespace, reason, message, applied)
+        .await?;
+    context.count(result);
+    // Deployment and HPA changes trigger a new reconcile; nothing to poll.
+    Ok(Action::await_change())
+}
+
+/// PUT /scale with the resourceVersion that was read: a 409 means someone changed the
+/// Deployment in between, and the next reconcile decides again.
+async fn scale(
+    deployments: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
+    let scale = Scale {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: Some(ScaleSpec {
+            replicas: Some(replicas),
+        }),
+        status: None,
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match deployments.replace_scale(name, &params, &scale).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_conflict() => Err(Error::Conflict),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn error_policy(setpoint: Arc<ReplicaSetpoint>, error: &Error, context: Arc<Context>) -> Action {
+    if matches!(error, Error::Conflict) {
+        return Action::requeue(CONFLICT_RETRY);
+    }
+    let attempts = {
+        let mut failures = context.failures();
+        let attempts = failures.entry(ObjectRef::from_obj(&*setpoint)).or_insert(0);
+        *attempts += 1;
+        *attempts
+    };
+    context.update_backoff_gauge();
+    let delay = BACKOFF_FIRST
+        .saturating_mul(2u32.saturating_pow(attempts - 1))
+        .min(BACKOFF_MAX);
+    tracing::warn!(
+        setpoint = %ObjectRef::from_obj(&*setpoint),
+        %error,
+        attempts,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ReplicaSetpoint>, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update_backoff_gauge(&self) {
+        let waiting = self.failures().len();
+        self.metrics
+            .backoff_objects
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Writes status only when it changed, so a reconcile that finds everything in order
+    /// writes nothing.
+    async fn write_status(
+        &self,
+        setpoint: &ReplicaSetpoint,
+        namespace: &str,
+        reason: Reason,
+        message: String,
+        applied: Option<i32>,
+    ) -> Result<(), Error> {
+        let status = next_status(setpoint, reason, message, applied, Timestamp::now());
+        if setpoint.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        Api::<ReplicaSetpoint>::namespaced(self.client.clone(), namespace)
+            .patch_status(
+                &setpoint.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Events are best effort: failing to record one must not fail the reconcile.
+    async fn publish(
+        &self,
+        setpoint: &ReplicaSetpoint,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &setpoint.object_ref(&()))
+            .await
+        {
+            tracing::warn!(%error, "recording an Event failed");
+        }
+    }
+}
