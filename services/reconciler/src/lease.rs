@@ -13,7 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 /// Bound on each Lease request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
@@ -51,7 +51,9 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let leases = Api::<Lease>::namespaced(client, &config.namespace);
-    let mut leading: Option<(JoinHandle<()>, Instant)> = None;
+    // A JoinSet, so that dropping this future (a crash, or an aborted task) also stops
+    // the reconciler it started.
+    let mut leading: Option<(JoinSet<()>, Instant)> = None;
     let mut ticks = tokio::time::interval(config.renew_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -76,7 +78,9 @@ pub async fn run<F, Fut>(
             (None, Some(true)) => {
                 tracing::info!(identity = %config.identity, lease = %config.name, "became leader");
                 leader.set(1);
-                Some((tokio::spawn(lead()), Instant::now()))
+                let mut task = JoinSet::new();
+                task.spawn(lead());
+                Some((task, Instant::now()))
             }
             (Some((task, _)), Some(true)) => Some((task, Instant::now())),
             (Some((task, _)), Some(false)) => {
@@ -100,11 +104,10 @@ pub async fn run<F, Fut>(
     }
 }
 
-async fn stop_leading(task: JoinHandle<()>, leader: &Gauge, why: &str) {
+async fn stop_leading(mut task: JoinSet<()>, leader: &Gauge, why: &str) {
     // Abort, not a graceful stop: a replica that may have lost the lease must not
     // start another write.
-    task.abort();
-    let _ = task.await;
+    task.shutdown().await;
     leader.set(0);
     tracing::warn!(why, "stopped leading");
 }

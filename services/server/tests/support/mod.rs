@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use devpki::{Authority, Subject};
@@ -133,9 +134,9 @@ impl Setpoint {
             .expect("ServiceAccount config");
         let pki = TestPki::new();
         let path = |name: &str| pki.path(name).display().to_string();
-        let mut args = vec![
-            "setpoint-server".to_string(),
-            "--listen=127.0.0.1:0".into(),
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
+        let defaults = [
+            "--listen=127.0.0.1:0".to_string(),
             "--http-listen=127.0.0.1:0".into(),
             format!("--tls-cert={}", path("server.crt")),
             format!("--tls-key={}", path("server.key")),
@@ -143,7 +144,22 @@ impl Setpoint {
             format!("--policy={}", path("policy.yaml")),
             format!("--reload-interval={RELOAD_INTERVAL}"),
             "--drain-timeout=5s".into(),
+            format!(
+                "--identity=test-server-{}",
+                SERVERS.fetch_add(1, Ordering::Relaxed)
+            ),
+            // Short, so a test server that ends without releasing the Lease does not
+            // hold up reconciliation for the next.
+            "--lease-duration=3s".into(),
+            "--lease-renew-interval=500ms".into(),
         ];
+        let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+        let mut args = vec!["setpoint-server".to_string()];
+        args.extend(
+            defaults
+                .into_iter()
+                .filter(|default| !extra_args.iter().any(|arg| flag(arg) == flag(default))),
+        );
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let config = <Config as clap::Parser>::try_parse_from(args).expect("server flags");
         let server = Server::bind(config, kube_config).await.expect("bind");

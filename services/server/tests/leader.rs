@@ -1,0 +1,143 @@
+//! Several Setpoint replicas against one control plane: all serve reads, exactly one
+//! reconciles, and leadership moves on a crash (after the lease expires) and on a clean
+//! shutdown (at once). A test binary of its own: the Lease is cluster-wide.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
+use support::{OPERATOR, Setpoint, namespace_with};
+
+const LEASE: &[&str] = &["--lease-duration=3s", "--lease-renew-interval=500ms"];
+
+async fn start(identity: &str) -> Setpoint {
+    let identity = format!("--identity={identity}");
+    let mut args = LEASE.to_vec();
+    args.push(&identity);
+    let server = Setpoint::start_with("setpoint", &args).await;
+    server.wait_until_ready().await;
+    server
+}
+
+async fn is_leader(server: &Setpoint) -> bool {
+    server.metric("setpoint_leader").await == 1.0
+}
+
+async fn lease_holder() -> Option<String> {
+    let admin = testenv::shared().await.admin_client().await.ok()?;
+    Api::<Lease>::namespaced(admin, "setpoint")
+        .get("setpoint-leader")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+}
+
+/// Reporting instances of the `reason` Events in `namespace`.
+async fn reporters(namespace: &str, reason: &str) -> Vec<String> {
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    Api::<Event>::namespaced(admin, namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some(reason))
+        .filter_map(|event| event.reporting_instance)
+        .collect()
+}
+
+async fn scale_externally(deployments: &Api<Deployment>, replicas: i32) {
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .expect("external scale");
+}
+
+async fn wait_for_replicas(deployments: &Api<Deployment>, replicas: i32) {
+    testenv::wait_for(&format!("web to have {replicas} replicas"), || async {
+        let current = deployments.get("web").await.ok()?.spec?.replicas;
+        (current == Some(replicas)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_replica_reconciles_and_leadership_moves_on() {
+    let namespace = namespace_with("leader", &[("web", 1)]).await;
+    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let deployments = Api::<Deployment>::namespaced(admin, &namespace);
+    let (a, b) = (start("replica-a").await, start("replica-b").await);
+
+    let first = testenv::wait_for("one replica to lead", || async {
+        match (is_leader(&a).await, is_leader(&b).await) {
+            (true, false) => Some("replica-a"),
+            (false, true) => Some("replica-b"),
+            (true, true) => panic!("two leaders at once"),
+            (false, false) => None,
+        }
+    })
+    .await;
+    assert_eq!(lease_holder().await.as_deref(), Some(first));
+    let (leader, follower, follower_name) = if first == "replica-a" {
+        (a, b, "replica-b")
+    } else {
+        (b, a, "replica-a")
+    };
+
+    // Both serve the API; only the leader writes.
+    let request = SetReplicasRequest {
+        deployment: Some(DeploymentRef {
+            namespace: namespace.clone(),
+            name: "web".into(),
+        }),
+        replicas: 3,
+        expected_version: None,
+    };
+    follower
+        .client(OPERATOR)
+        .await
+        .set_replicas(request)
+        .await
+        .expect("set through the follower");
+    wait_for_replicas(&deployments, 3).await;
+    assert_eq!(reporters(&namespace, "Scaled").await, [first]);
+
+    // A crash: no release, so the follower takes over once the lease expires.
+    drop(leader);
+    testenv::wait_for(
+        "the follower to take over after the lease expires",
+        || async { is_leader(&follower).await.then_some(()) },
+    )
+    .await;
+    assert_eq!(lease_holder().await.as_deref(), Some(follower_name));
+    scale_externally(&deployments, 8).await;
+    wait_for_replicas(&deployments, 3).await;
+    assert_eq!(
+        reporters(&namespace, "Reverted").await,
+        [follower_name],
+        "only the new leader writes after the hand-over"
+    );
+
+    // A clean shutdown releases the lease: a new replica takes over without waiting
+    // for it to expire.
+    let c = start("replica-c").await;
+    assert!(!is_leader(&c).await);
+    follower.stop().await.expect("stop");
+    assert_eq!(lease_holder().await, None, "released on shutdown");
+    testenv::wait_for("replica-c to take over", || async {
+        is_leader(&c).await.then_some(())
+    })
+    .await;
+    scale_externally(&deployments, 7).await;
+    wait_for_replicas(&deployments, 3).await;
+    c.stop().await.expect("stop");
+}

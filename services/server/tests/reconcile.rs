@@ -1,0 +1,265 @@
+//! The reconciler against the real control plane: convergence, conflicts, and what
+//! Setpoint leaves alone.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use setpoint_api::v1::{DeploymentRef, GetReplicasRequest, ReconcileState, SetReplicasRequest};
+use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
+use support::{OPERATOR, Setpoint, namespace_with};
+
+fn set(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
+    SetReplicasRequest {
+        deployment: Some(DeploymentRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        replicas,
+        expected_version: None,
+    }
+}
+
+async fn admin() -> Client {
+    testenv::shared().await.admin_client().await.expect("admin")
+}
+
+async fn spec_replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+    deployments.get(name).await.ok()?.spec?.replicas
+}
+
+async fn wait_for_replicas(deployments: &Api<Deployment>, name: &str, replicas: i32) {
+    testenv::wait_for(&format!("{name} to have {replicas} replicas"), || async {
+        (spec_replicas(deployments, name).await == Some(replicas)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the setpoint's status describes its current generation with `reason`.
+async fn wait_for_reason(setpoints: &Api<ReplicaSetpoint>, name: &str, reason: &str) -> String {
+    testenv::wait_for(&format!("setpoint {name} to report {reason}"), || async {
+        let setpoint = setpoints.get(name).await.ok()?;
+        let observed = setpoint.status.as_ref()?.observed_generation;
+        let condition = setpoint.reconciled_condition()?;
+        (observed == setpoint.metadata.generation && condition.reason == reason)
+            .then(|| condition.message.clone())
+    })
+    .await
+}
+
+async fn events(namespace: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(admin().await, namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn set_converges_and_external_scale_is_reverted() {
+    let namespace = namespace_with("converge", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+    let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+
+    client
+        .set_replicas(set(&namespace, "web", 4))
+        .await
+        .expect("set");
+    wait_for_replicas(&deployments, "web", 4).await;
+    wait_for_reason(&setpoints, "web", "Reconciled").await;
+    let status = setpoints
+        .get("web")
+        .await
+        .expect("setpoint")
+        .status
+        .expect("status");
+    assert_eq!(status.applied_replicas, Some(4));
+    testenv::wait_for("GetReplicas to report RECONCILED", || async {
+        let replicas = client
+            .clone()
+            .get_replicas(GetReplicasRequest {
+                deployment: set(&namespace, "web", 0).deployment,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .replicas?;
+        (replicas.reconcile_state() == ReconcileState::Reconciled).then_some(())
+    })
+    .await;
+    assert!(!events(&namespace, "Scaled").await.is_empty());
+
+    // `kubectl scale` by someone else: Setpoint restores the setpoint and says so.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 9}})),
+        )
+        .await
+        .expect("external scale");
+    wait_for_replicas(&deployments, "web", 4).await;
+    testenv::wait_for("a Reverted event", || async {
+        let reverted = events(&namespace, "Reverted").await;
+        let note = reverted.first()?.note.clone()?;
+        note.contains("from 9 to 4").then_some(())
+    })
+    .await;
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_deployment_scaled_by_an_hpa_is_left_alone() {
+    let namespace = namespace_with("hpa", &[("web", 2)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let admin = admin().await;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &namespace);
+    let uid = deployments
+        .get("web")
+        .await
+        .expect("web")
+        .metadata
+        .uid
+        .expect("uid");
+    let autoscaler = HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some("web-hpa".into()),
+            ..ObjectMeta::default()
+        },
+        spec: HorizontalPodAutoscalerSpec {
+            max_replicas: 10,
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    };
+    Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &autoscaler)
+        .await
+        .expect("HPA");
+    // SetReplicas refuses (see the API tests), so write the setpoint directly, as a
+    // GitOps tool might.
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin, &namespace);
+    let setpoint = ReplicaSetpoint::new(
+        "web",
+        ReplicaSetpointSpec {
+            replicas: 5,
+            deployment_uid: uid,
+        },
+    );
+    setpoints
+        .create(&PostParams::default(), &setpoint)
+        .await
+        .expect("setpoint");
+
+    let message = wait_for_reason(&setpoints, "web", "ManagedByHPA").await;
+    assert!(message.contains("web-hpa"), "{message}");
+    // The status is written after the decision, so by now a write would have happened.
+    assert_eq!(spec_replicas(&deployments, "web").await, Some(2));
+    assert!(!events(&namespace, "ManagedByHPA").await.is_empty());
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn deleted_deployments_are_not_recreated_nor_replacements_adopted() {
+    let namespace = namespace_with("deleted", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+    let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+    client
+        .set_replicas(set(&namespace, "web", 3))
+        .await
+        .expect("set");
+    wait_for_replicas(&deployments, "web", 3).await;
+
+    deployments
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for_reason(&setpoints, "web", "DeploymentNotFound").await;
+    assert!(
+        deployments.get_opt("web").await.expect("get").is_none(),
+        "Setpoint never creates a Deployment"
+    );
+
+    // Recreated under the same name: a new UID, possibly another workload.
+    deployments
+        .create(&PostParams::default(), &testenv::deployment("web", 1))
+        .await
+        .expect("recreate");
+    let message = wait_for_reason(&setpoints, "web", "TargetReplaced").await;
+    assert!(message.contains("recreated"), "{message}");
+    assert_eq!(spec_replicas(&deployments, "web").await, Some(1));
+
+    // A new SetReplicas targets the new Deployment.
+    testenv::wait_for("the recreated Deployment to reach the cache", || async {
+        client
+            .clone()
+            .set_replicas(set(&namespace, "web", 2))
+            .await
+            .ok()
+    })
+    .await;
+    wait_for_replicas(&deployments, "web", 2).await;
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_deleted_setpoint_stops_management() {
+    let namespace = namespace_with("released", &[("web", 1), ("marker", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+    let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+    client
+        .set_replicas(set(&namespace, "web", 3))
+        .await
+        .expect("set");
+    wait_for_replicas(&deployments, "web", 3).await;
+
+    setpoints
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete setpoint");
+    testenv::wait_for("the setpoint to be gone", || async {
+        setpoints.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 6}})),
+        )
+        .await
+        .expect("scale");
+    // A later setpoint on another Deployment converging shows the reconciler has
+    // processed the events before it; web keeps the value someone else set.
+    client
+        .set_replicas(set(&namespace, "marker", 2))
+        .await
+        .expect("set marker");
+    wait_for_replicas(&deployments, "marker", 2).await;
+    assert_eq!(spec_replicas(&deployments, "web").await, Some(6));
+    assert!(events(&namespace, "Reverted").await.is_empty());
+    server.stop().await.expect("stop");
+}
