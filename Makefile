@@ -23,6 +23,11 @@ test: controlplane ## Unit and integration tests (against a real local control p
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked
 
+.PHONY: bench
+bench: controlplane ## Release build; read latency, SetReplicas→Deployment latency, server memory
+	$(CARGO) build --release --locked --bins
+	target/release/setpoint-bench --server-bin target/release/setpoint-server
+
 .PHONY: lint
 lint: ## rustfmt check, clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -104,6 +104,10 @@ pub fn incoming(
                 .ok()
         })
         .map(move |tcp| {
+            // Small gRPC responses must not wait for delayed ACKs (Nagle).
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY failed");
+            }
             let acceptor = TlsAcceptor::from(config.current());
             let metrics = metrics.clone();
             async move {

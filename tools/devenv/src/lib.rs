@@ -3,6 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -41,6 +46,83 @@ pub async fn install(control_plane: &ControlPlane) -> anyhow::Result<()> {
             .then_some(())
     })
     .await;
+    Ok(())
+}
+
+/// Validity of the dev PKI.
+const PKI_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The development policy: the dev PKI's operator and viewer.
+const POLICY: &str = "\
+# Development policy: identities (URI SAN, else CN) to roles. Anything unlisted is denied.
+bindings:
+  - role: operator
+    identities: [spiffe://setpoint.dev/operator]
+  - role: viewer
+    identities: [spiffe://setpoint.dev/viewer]
+";
+
+/// Writes what a local server needs into `dir`: `pki/` (dev PKI), `policy.yaml`,
+/// `setpoint.kubeconfig` (Setpoint's ServiceAccount: exactly its RBAC) and
+/// `admin.kubeconfig`.
+pub async fn write_server_files(control_plane: &ControlPlane, dir: &Path) -> anyhow::Result<()> {
+    std::fs::copy(control_plane.kubeconfig(), dir.join("admin.kubeconfig"))?;
+    control_plane
+        .write_service_account_kubeconfig(
+            NAMESPACE,
+            SERVICE_ACCOUNT,
+            &dir.join("setpoint.kubeconfig"),
+        )
+        .await?;
+    devpki::write_dev_pki(&dir.join("pki"), PKI_VALIDITY)?;
+    std::fs::write(dir.join("policy.yaml"), POLICY)?;
+    Ok(())
+}
+
+/// Starts `server_bin` with the files of [`write_server_files`]; it logs to `log` (or
+/// this process's stdout and stderr) and is killed if the handle is dropped.
+pub fn spawn_server(
+    server_bin: &Path,
+    dir: &Path,
+    listen: SocketAddr,
+    http_listen: SocketAddr,
+    log: Option<&Path>,
+) -> anyhow::Result<Child> {
+    let pki = dir.join("pki");
+    let mut command = Command::new(server_bin);
+    if let Some(log) = log {
+        let file = std::fs::File::create(log)?;
+        command.stdout(file.try_clone()?).stderr(file);
+    }
+    command
+        .env("KUBECONFIG", dir.join("setpoint.kubeconfig"))
+        .arg(format!("--listen={listen}"))
+        .arg(format!("--http-listen={http_listen}"))
+        .arg(format!("--tls-cert={}", pki.join("server.crt").display()))
+        .arg(format!("--tls-key={}", pki.join("server.key").display()))
+        .arg(format!("--client-ca={}", pki.join("ca.crt").display()))
+        .arg(format!("--policy={}", dir.join("policy.yaml").display()))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --bins`)",
+                server_bin.display()
+            )
+        })
+}
+
+/// Polls `/readyz` on `http` for up to a minute.
+pub async fn wait_until_ready(http: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(http, "/readyz").await, Ok((200, _))) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "setpoint-server did not become ready within 60s (see its log above)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

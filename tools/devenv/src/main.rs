@@ -4,27 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Validity of the dev PKI.
-const PKI_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long the server may take to drain before it is killed.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-const POLICY: &str = "\
-# Development policy: identities (URI SAN, else CN) to roles. Anything unlisted is denied.
-bindings:
-  - role: operator
-    identities: [spiffe://setpoint.dev/operator]
-  - role: viewer
-    identities: [spiffe://setpoint.dev/viewer]
-";
 
 /// Run Setpoint locally: control plane, demo Deployments, dev PKI and the server.
 #[derive(Parser)]
@@ -59,22 +47,14 @@ async fn main() -> anyhow::Result<()> {
     control_plane.start_controller_manager()?;
     devenv::install(&control_plane).await?;
     devenv::create_demo(&control_plane).await?;
-    std::fs::copy(control_plane.kubeconfig(), dir.join("admin.kubeconfig"))?;
-    control_plane
-        .write_service_account_kubeconfig(
-            devenv::NAMESPACE,
-            devenv::SERVICE_ACCOUNT,
-            &dir.join("setpoint.kubeconfig"),
-        )
-        .await?;
+    devenv::write_server_files(&control_plane, &dir).await?;
     let pki = dir.join("pki");
-    devpki::write_dev_pki(&pki, PKI_VALIDITY)?;
-    std::fs::write(dir.join("policy.yaml"), POLICY)?;
 
     eprintln!("setpoint-dev: starting {}", args.server_bin.display());
-    let mut server = start_server(&args, &dir, &pki)?;
+    let mut server =
+        devenv::spawn_server(&args.server_bin, &dir, args.listen, args.http_listen, None)?;
     tokio::select! {
-        ready = wait_until_ready(args.http_listen) => ready?,
+        ready = devenv::wait_until_ready(args.http_listen) => ready?,
         exited = server.wait() => anyhow::bail!("setpoint-server exited during start-up: {}", exited?),
         () = stop.signalled() => return shut_down(server, &dir).await,
     }
@@ -89,38 +69,6 @@ async fn main() -> anyhow::Result<()> {
         () = stop.signalled() => shut_down(server, &dir).await,
     }
     // The control plane stops when dropped here.
-}
-
-fn start_server(args: &Args, dir: &Path, pki: &Path) -> anyhow::Result<Child> {
-    Command::new(&args.server_bin)
-        .env("KUBECONFIG", dir.join("setpoint.kubeconfig"))
-        .arg(format!("--listen={}", args.listen))
-        .arg(format!("--http-listen={}", args.http_listen))
-        .arg(format!("--tls-cert={}", pki.join("server.crt").display()))
-        .arg(format!("--tls-key={}", pki.join("server.key").display()))
-        .arg(format!("--client-ca={}", pki.join("ca.crt").display()))
-        .arg(format!("--policy={}", dir.join("policy.yaml").display()))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it with `cargo build --bins`)",
-                args.server_bin.display()
-            )
-        })
-}
-
-async fn wait_until_ready(http: SocketAddr) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !matches!(devenv::http_get(http, "/readyz").await, Ok((200, _))) {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "setpoint-server did not become ready within 60s (see its log above)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 fn write_env_file(args: &Args, dir: &Path, pki: &Path) -> anyhow::Result<()> {
