@@ -13,7 +13,6 @@ pub enum Reason {
     DeploymentNotFound,
     TargetReplaced,
     ManagedByHpa,
-    Conflict,
     ScaleFailed,
 }
 
@@ -24,7 +23,6 @@ impl Reason {
             Self::DeploymentNotFound => "DeploymentNotFound",
             Self::TargetReplaced => "TargetReplaced",
             Self::ManagedByHpa => "ManagedByHPA",
-            Self::Conflict => "Conflict",
             Self::ScaleFailed => "ScaleFailed",
         }
     }

@@ -49,8 +49,8 @@ pub struct ReplicaSetpointStatus {
     /// The replica count last written to the Deployment's scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_replicas: Option<i32>,
-    /// Standard conditions; `Reconciled` with reasons `Reconciled`, `Pending`,
-    /// `DeploymentNotFound`, `TargetReplaced`, `ManagedByHPA`, `Conflict`, `ScaleFailed`.
+    /// Standard conditions; `Reconciled` with reasons `Reconciled` (True),
+    /// `DeploymentNotFound`, `TargetReplaced`, `ManagedByHPA` and `ScaleFailed` (False).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

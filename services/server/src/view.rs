@@ -84,7 +84,6 @@ fn reconcile_state(
                 "Reconciled" if condition.status == "True" => ReconcileState::Reconciled,
                 "ManagedByHPA" => ReconcileState::ManagedByHpa,
                 "TargetReplaced" => ReconcileState::TargetReplaced,
-                "Pending" => ReconcileState::Pending,
                 _ => ReconcileState::Failed,
             };
             (state, condition.message.clone())

@@ -4,17 +4,17 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{
     DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState, SetReplicasRequest,
 };
 use setpoint_reconciler::ReplicaSetpoint;
-use support::{OPERATOR, STRANGER, Setpoint, VIEWER, namespace_with};
+use support::{
+    OPERATOR, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with, set_request,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -23,14 +23,6 @@ fn reference(namespace: &str, name: &str) -> Option<DeploymentRef> {
         namespace: namespace.into(),
         name: name.into(),
     })
-}
-
-fn set(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
-    SetReplicasRequest {
-        deployment: reference(namespace, name),
-        replicas,
-        expected_version: None,
-    }
 }
 
 async fn get(
@@ -79,7 +71,7 @@ async fn operator_can_list_get_and_set() {
     assert_eq!(before.reconcile_state(), ReconcileState::Unmanaged);
 
     let stored = client
-        .set_replicas(set(&namespace, "web", 5))
+        .set_replicas(set_request(&namespace, "web", 5))
         .await
         .expect("set")
         .into_inner()
@@ -91,7 +83,7 @@ async fn operator_can_list_get_and_set() {
 
     // Durably stored: the ReplicaSetpoint exists in the API server, targets this
     // Deployment's UID, and is owned by Setpoint's field manager.
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let admin = admin().await;
     let setpoint = Api::<ReplicaSetpoint>::namespaced(admin, &namespace)
         .get("web")
         .await
@@ -131,7 +123,7 @@ async fn viewer_can_read_but_not_set() {
         1
     );
     let denied = viewer
-        .set_replicas(set(&namespace, "web", 3))
+        .set_replicas(set_request(&namespace, "web", 3))
         .await
         .expect_err("viewer may not set");
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -165,26 +157,30 @@ async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
 
     let cases = [
         (
-            set("Bad_Namespace", "web", 1),
+            set_request("Bad_Namespace", "web", 1),
             Code::InvalidArgument,
             "namespace",
         ),
         (
-            set(&namespace, "Web!", 1),
+            set_request(&namespace, "Web!", 1),
             Code::InvalidArgument,
             "deployment name",
         ),
         (
-            set(&namespace, "web", -1),
+            set_request(&namespace, "web", -1),
             Code::InvalidArgument,
             "between 0 and 1000",
         ),
         (
-            set(&namespace, "web", 1001),
+            set_request(&namespace, "web", 1001),
             Code::InvalidArgument,
             "between 0 and 1000",
         ),
-        (set(&namespace, "missing", 1), Code::NotFound, "not found"),
+        (
+            set_request(&namespace, "missing", 1),
+            Code::NotFound,
+            "not found",
+        ),
         (
             SetReplicasRequest {
                 deployment: None,
@@ -244,7 +240,7 @@ async fn stale_expected_version_is_aborted() {
 
     let with_version = |replicas, version: &str| SetReplicasRequest {
         expected_version: Some(version.into()),
-        ..set(&namespace, "web", replicas)
+        ..set_request(&namespace, "web", replicas)
     };
     // "" means "only if there is no setpoint yet".
     let first = client
@@ -291,7 +287,7 @@ async fn racing_writers_with_the_same_expected_version_have_one_winner() {
         let mut client = client.clone();
         let request = SetReplicasRequest {
             expected_version: Some(String::new()),
-            ..set(&namespace, "web", replicas)
+            ..set_request(&namespace, "web", replicas)
         };
         async move { (replicas, client.set_replicas(request).await) }
     });
@@ -307,7 +303,7 @@ async fn racing_writers_with_the_same_expected_version_have_one_winner() {
             assert_eq!(status.code(), Code::Aborted, "{status:?}");
         }
     }
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let admin = admin().await;
     let stored = Api::<ReplicaSetpoint>::namespaced(admin, &namespace)
         .get("web")
         .await
@@ -323,31 +319,18 @@ async fn deployments_scaled_by_an_hpa_are_refused() {
     let namespace = namespace_with("hpa", &[("web", 1)]).await;
     let server = Setpoint::start("setpoint").await;
     server.wait_until_ready().await;
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
-    let autoscaler = HorizontalPodAutoscaler {
-        metadata: ObjectMeta {
-            name: Some("web-hpa".into()),
-            ..ObjectMeta::default()
-        },
-        spec: HorizontalPodAutoscalerSpec {
-            max_replicas: 10,
-            scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
-                name: "web".into(),
-            },
-            ..HorizontalPodAutoscalerSpec::default()
-        },
-        ..HorizontalPodAutoscaler::default()
-    };
+    let admin = admin().await;
     Api::<HorizontalPodAutoscaler>::namespaced(admin, &namespace)
-        .create(&PostParams::default(), &autoscaler)
+        .create(&PostParams::default(), &autoscaler_for("web"))
         .await
         .expect("create HPA");
 
     let client = server.client(OPERATOR).await;
     let refused = testenv::wait_for("the HPA to reach the cache", || async {
-        let result = client.clone().set_replicas(set(&namespace, "web", 3)).await;
+        let result = client
+            .clone()
+            .set_replicas(set_request(&namespace, "web", 3))
+            .await;
         result
             .err()
             .filter(|status| status.code() == Code::FailedPrecondition)
@@ -382,7 +365,7 @@ async fn reads_make_no_apiserver_requests_and_follow_changes() {
     assert_eq!(after, before, "200 reads sent no request to the API server");
 
     // A change made directly in the API server reaches reads through the watch.
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let admin = admin().await;
     Api::<Deployment>::namespaced(admin, &namespace)
         .patch(
             "db",
@@ -480,7 +463,7 @@ async fn policy_changes_apply_without_restart() {
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let denied = viewer
-        .set_replicas(set(&namespace, "web", 2))
+        .set_replicas(set_request(&namespace, "web", 2))
         .await
         .expect_err("viewer");
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -492,7 +475,7 @@ async fn policy_changes_apply_without_restart() {
     testenv::wait_for("the new policy to apply", || async {
         viewer
             .clone()
-            .set_replicas(set(&namespace, "web", 2))
+            .set_replicas(set_request(&namespace, "web", 2))
             .await
             .ok()
     })
@@ -504,5 +487,10 @@ async fn policy_changes_apply_without_restart() {
         (server.metric("setpoint_reload_failures_total").await > 0.0).then_some(())
     })
     .await;
-    assert!(viewer.set_replicas(set(&namespace, "web", 3)).await.is_ok());
+    assert!(
+        viewer
+            .set_replicas(set_request(&namespace, "web", 3))
+            .await
+            .is_ok()
+    );
 }

@@ -8,9 +8,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
-use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
-use support::{OPERATOR, Setpoint, namespace_with};
+use kube::api::ListParams;
+use support::{
+    OPERATOR, Setpoint, admin, namespace_with, scale_externally, set_request, wait_for_replicas,
+};
 
 const LEASE: &[&str] = &["--lease-duration=3s", "--lease-renew-interval=500ms"];
 
@@ -39,7 +40,7 @@ async fn lease_holder() -> Option<String> {
 
 /// Reporting instances of the `reason` Events in `namespace`.
 async fn reporters(namespace: &str, reason: &str) -> Vec<String> {
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
+    let admin = admin().await;
     Api::<Event>::namespaced(admin, namespace)
         .list(&ListParams::default())
         .await
@@ -51,30 +52,10 @@ async fn reporters(namespace: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
-async fn scale_externally(deployments: &Api<Deployment>, replicas: i32) {
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .expect("external scale");
-}
-
-async fn wait_for_replicas(deployments: &Api<Deployment>, replicas: i32) {
-    testenv::wait_for(&format!("web to have {replicas} replicas"), || async {
-        let current = deployments.get("web").await.ok()?.spec?.replicas;
-        (current == Some(replicas)).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn one_replica_reconciles_and_leadership_moves_on() {
     let namespace = namespace_with("leader", &[("web", 1)]).await;
-    let admin = testenv::shared().await.admin_client().await.expect("admin");
-    let deployments = Api::<Deployment>::namespaced(admin, &namespace);
+    let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
     let (a, b) = (start("replica-a").await, start("replica-b").await);
 
     let first = testenv::wait_for("one replica to lead", || async {
@@ -94,21 +75,14 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
     };
 
     // Both serve the API; only the leader writes.
-    let request = SetReplicasRequest {
-        deployment: Some(DeploymentRef {
-            namespace: namespace.clone(),
-            name: "web".into(),
-        }),
-        replicas: 3,
-        expected_version: None,
-    };
+    let request = set_request(&namespace, "web", 3);
     follower
         .client(OPERATOR)
         .await
         .set_replicas(request)
         .await
         .expect("set through the follower");
-    wait_for_replicas(&deployments, 3).await;
+    wait_for_replicas(&deployments, "web", 3).await;
     assert_eq!(reporters(&namespace, "Scaled").await, [first]);
 
     // A crash: no release, so the follower takes over once the lease expires.
@@ -119,8 +93,8 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
     )
     .await;
     assert_eq!(lease_holder().await.as_deref(), Some(follower_name));
-    scale_externally(&deployments, 8).await;
-    wait_for_replicas(&deployments, 3).await;
+    scale_externally(&deployments, "web", 8).await;
+    wait_for_replicas(&deployments, "web", 3).await;
     assert_eq!(
         reporters(&namespace, "Reverted").await,
         [follower_name],
@@ -137,7 +111,7 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
         is_leader(&c).await.then_some(())
     })
     .await;
-    scale_externally(&deployments, 7).await;
-    wait_for_replicas(&deployments, 3).await;
+    scale_externally(&deployments, "web", 7).await;
+    wait_for_replicas(&deployments, "web", 3).await;
     c.stop().await.expect("stop");
 }

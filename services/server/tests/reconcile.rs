@@ -4,41 +4,16 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
-use setpoint_api::v1::{DeploymentRef, GetReplicasRequest, ReconcileState, SetReplicasRequest};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use setpoint_api::v1::{GetReplicasRequest, ReconcileState};
 use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
-use support::{OPERATOR, Setpoint, namespace_with};
-
-fn set(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
-    SetReplicasRequest {
-        deployment: Some(DeploymentRef {
-            namespace: namespace.into(),
-            name: name.into(),
-        }),
-        replicas,
-        expected_version: None,
-    }
-}
-
-async fn admin() -> Client {
-    testenv::shared().await.admin_client().await.expect("admin")
-}
-
-async fn spec_replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
-    deployments.get(name).await.ok()?.spec?.replicas
-}
-
-async fn wait_for_replicas(deployments: &Api<Deployment>, name: &str, replicas: i32) {
-    testenv::wait_for(&format!("{name} to have {replicas} replicas"), || async {
-        (spec_replicas(deployments, name).await == Some(replicas)).then_some(())
-    })
-    .await;
-}
+use support::{
+    OPERATOR, Setpoint, admin, autoscaler_for, namespace_with, scale_externally, set_request,
+    spec_replicas, wait_for_replicas,
+};
 
 /// Waits until the setpoint's status describes its current generation with `reason`.
 async fn wait_for_reason(setpoints: &Api<ReplicaSetpoint>, name: &str, reason: &str) -> String {
@@ -73,7 +48,7 @@ async fn set_converges_and_external_scale_is_reverted() {
     let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
 
     client
-        .set_replicas(set(&namespace, "web", 4))
+        .set_replicas(set_request(&namespace, "web", 4))
         .await
         .expect("set");
     wait_for_replicas(&deployments, "web", 4).await;
@@ -89,7 +64,7 @@ async fn set_converges_and_external_scale_is_reverted() {
         let replicas = client
             .clone()
             .get_replicas(GetReplicasRequest {
-                deployment: set(&namespace, "web", 0).deployment,
+                deployment: set_request(&namespace, "web", 0).deployment,
             })
             .await
             .ok()?
@@ -101,14 +76,7 @@ async fn set_converges_and_external_scale_is_reverted() {
     assert!(!events(&namespace, "Scaled").await.is_empty());
 
     // `kubectl scale` by someone else: Setpoint restores the setpoint and says so.
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": 9}})),
-        )
-        .await
-        .expect("external scale");
+    scale_externally(&deployments, "web", 9).await;
     wait_for_replicas(&deployments, "web", 4).await;
     testenv::wait_for("a Reverted event", || async {
         let reverted = events(&namespace, "Reverted").await;
@@ -133,24 +101,8 @@ async fn a_deployment_scaled_by_an_hpa_is_left_alone() {
         .metadata
         .uid
         .expect("uid");
-    let autoscaler = HorizontalPodAutoscaler {
-        metadata: ObjectMeta {
-            name: Some("web-hpa".into()),
-            ..ObjectMeta::default()
-        },
-        spec: HorizontalPodAutoscalerSpec {
-            max_replicas: 10,
-            scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
-                name: "web".into(),
-            },
-            ..HorizontalPodAutoscalerSpec::default()
-        },
-        ..HorizontalPodAutoscaler::default()
-    };
     Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), &namespace)
-        .create(&PostParams::default(), &autoscaler)
+        .create(&PostParams::default(), &autoscaler_for("web"))
         .await
         .expect("HPA");
     // SetReplicas refuses (see the API tests), so write the setpoint directly, as a
@@ -185,7 +137,7 @@ async fn deleted_deployments_are_not_recreated_nor_replacements_adopted() {
     let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
     let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
     client
-        .set_replicas(set(&namespace, "web", 3))
+        .set_replicas(set_request(&namespace, "web", 3))
         .await
         .expect("set");
     wait_for_replicas(&deployments, "web", 3).await;
@@ -213,7 +165,7 @@ async fn deleted_deployments_are_not_recreated_nor_replacements_adopted() {
     testenv::wait_for("the recreated Deployment to reach the cache", || async {
         client
             .clone()
-            .set_replicas(set(&namespace, "web", 2))
+            .set_replicas(set_request(&namespace, "web", 2))
             .await
             .ok()
     })
@@ -231,7 +183,7 @@ async fn a_deleted_setpoint_stops_management() {
     let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
     let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
     client
-        .set_replicas(set(&namespace, "web", 3))
+        .set_replicas(set_request(&namespace, "web", 3))
         .await
         .expect("set");
     wait_for_replicas(&deployments, "web", 3).await;
@@ -244,18 +196,11 @@ async fn a_deleted_setpoint_stops_management() {
         setpoints.get_opt("web").await.ok()?.is_none().then_some(())
     })
     .await;
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": 6}})),
-        )
-        .await
-        .expect("scale");
+    scale_externally(&deployments, "web", 6).await;
     // A later setpoint on another Deployment converging shows the reconciler has
     // processed the events before it; web keeps the value someone else set.
     client
-        .set_replicas(set(&namespace, "marker", 2))
+        .set_replicas(set_request(&namespace, "marker", 2))
         .await
         .expect("set marker");
     wait_for_replicas(&deployments, "marker", 2).await;

@@ -11,9 +11,13 @@ use std::time::Duration;
 
 use devpki::{Authority, Subject};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
 use setpoint_server::{Config, Server};
 use tokio::sync::{OnceCell, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -248,6 +252,68 @@ impl Drop for Setpoint {
             task.abort();
         }
     }
+}
+
+pub async fn admin() -> kube::Client {
+    testenv::shared()
+        .await
+        .admin_client()
+        .await
+        .expect("admin client")
+}
+
+pub fn set_request(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
+    SetReplicasRequest {
+        deployment: Some(DeploymentRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        replicas,
+        expected_version: None,
+    }
+}
+
+/// An HPA `<deployment>-hpa` that scales `deployment`.
+pub fn autoscaler_for(deployment: &str) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(format!("{deployment}-hpa")),
+            ..ObjectMeta::default()
+        },
+        spec: HorizontalPodAutoscalerSpec {
+            max_replicas: 10,
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: deployment.into(),
+            },
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    }
+}
+
+/// Sets spec.replicas directly, as `kubectl scale` by someone else would.
+pub async fn scale_externally(deployments: &Api<Deployment>, name: &str, replicas: i32) {
+    deployments
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .expect("external scale");
+}
+
+pub async fn spec_replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+    deployments.get(name).await.ok()?.spec?.replicas
+}
+
+pub async fn wait_for_replicas(deployments: &Api<Deployment>, name: &str, replicas: i32) {
+    testenv::wait_for(&format!("{name} to have {replicas} replicas"), || async {
+        (spec_replicas(deployments, name).await == Some(replicas)).then_some(())
+    })
+    .await;
 }
 
 /// Creates a fresh namespace with Deployments `name → replicas`; returns the namespace.
