@@ -30,11 +30,16 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// After a 409 the cache was merely stale: retry almost at once.
 const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+/// Bound on one reconcile (a few requests): the kube client has no read timeout, since
+/// watches must stay open.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the Deployment changed between read and write (409); retrying")]
     Conflict,
+    #[error("the reconcile took longer than {RECONCILE_TIMEOUT:?}")]
+    Timeout,
     #[error("ReplicaSetpoint {0} has no namespace")]
     NoNamespace(String),
     #[error("Kubernetes API: {0}")]
@@ -98,7 +103,9 @@ fn same_name(object: &impl Resource, name: &str) -> Option<ObjectRef<ReplicaSetp
 
 async fn reconcile(setpoint: Arc<ReplicaSetpoint>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_once(&setpoint, &context).await;
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_once(&setpoint, &context))
+        .await
+        .unwrap_or(Err(Error::Timeout));
     context
         .metrics
         .duration

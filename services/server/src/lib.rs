@@ -1,7 +1,7 @@
-//! Setpoint's API server. [`Server::bind`] loads TLS material and the policy and binds
-//! both ports (failing fast on bad configuration); [`Server::run`] starts the watch
-//! cache, health probing, file reloading and both servers, and shuts everything down
-//! when the given signal fires.
+//! Setpoint's server. [`Server::bind`] loads TLS material and the policy and binds both
+//! ports (failing fast on bad configuration); [`Server::run`] starts the watch cache,
+//! health probing, file reloading, leader election (the leader runs the reconciler) and
+//! both servers, and shuts everything down when the given signal fires.
 
 pub mod authz;
 pub mod cache;

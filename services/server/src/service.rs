@@ -9,6 +9,7 @@ use setpoint_api::v1::{
     GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     SetReplicasRequest, SetReplicasResponse,
 };
+use setpoint_reconciler::controller::FIELD_MANAGER;
 use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
 use tonic::{Request, Response, Status};
 
@@ -18,8 +19,6 @@ use crate::cache::Cache;
 use crate::validate::{self, DeploymentKey};
 use crate::view::{self, ListQuery};
 
-/// Field manager of Setpoint's writes to ReplicaSetpoints.
-pub const FIELD_MANAGER: &str = "setpoint";
 /// Attempts of the read-compare-write loop before SetReplicas gives up with ABORTED.
 const WRITE_ATTEMPTS: usize = 5;
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -52,15 +53,17 @@ pub async fn install(control_plane: &ControlPlane) -> anyhow::Result<()> {
 /// Validity of the dev PKI.
 const PKI_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The development policy: the dev PKI's operator and viewer.
-const POLICY: &str = "\
-# Development policy: identities (URI SAN, else CN) to roles. Anything unlisted is denied.
-bindings:
-  - role: operator
-    identities: [spiffe://setpoint.dev/operator]
-  - role: viewer
-    identities: [spiffe://setpoint.dev/viewer]
-";
+/// The policy shipped in `k8s/base/policy.yaml`: it binds the dev PKI's operator and
+/// viewer identities, so local runs use exactly what a deployment uses.
+pub fn shipped_policy() -> anyhow::Result<String> {
+    let path = repository_root().join("k8s/base/policy.yaml");
+    let config_map: ConfigMap = serde_saphyr::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    config_map
+        .data
+        .and_then(|mut data| data.remove("policy.yaml"))
+        .with_context(|| format!("{} has no data.policy.yaml", path.display()))
+}
 
 /// Writes what a local server needs into `dir`: `pki/` (dev PKI), `policy.yaml`,
 /// `setpoint.kubeconfig` (Setpoint's ServiceAccount: exactly its RBAC) and
@@ -75,7 +78,7 @@ pub async fn write_server_files(control_plane: &ControlPlane, dir: &Path) -> any
         )
         .await?;
     devpki::write_dev_pki(&dir.join("pki"), PKI_VALIDITY)?;
-    std::fs::write(dir.join("policy.yaml"), POLICY)?;
+    std::fs::write(dir.join("policy.yaml"), shipped_policy()?)?;
     Ok(())
 }
 

@@ -1,0 +1,272 @@
+//! The shipped manifests (`k8s/base`), checked as far as a cluster without kubelet
+//! allows: they apply cleanly, the ServiceAccount can do exactly what Setpoint needs,
+//! the Deployment passes the restricted Pod Security admission, and the security fields
+//! and NetworkPolicy say what RFD 0001 says.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+
+fn manifest(name: &str) -> String {
+    std::fs::read_to_string(devenv::repository_root().join("k8s/base").join(name))
+        .unwrap_or_else(|error| panic!("reading k8s/base/{name}: {error}"))
+}
+
+fn parse<T: DeserializeOwned>(name: &str) -> T {
+    serde_saphyr::from_str(&manifest(name)).unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+/// The files `kubectl apply -k k8s/base` applies, in order.
+fn kustomization_resources() -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Kustomization {
+        resources: Vec<String>,
+    }
+    parse::<Kustomization>("kustomization.yaml").resources
+}
+
+/// Applies everything once per test binary.
+async fn applied() -> &'static testenv::ControlPlane {
+    static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let control_plane = testenv::shared().await;
+    APPLIED
+        .get_or_init(|| async {
+            devenv::install(control_plane).await.expect("install");
+            for file in kustomization_resources() {
+                control_plane
+                    .apply_manifest(&manifest(&file))
+                    .await
+                    .unwrap_or_else(|error| panic!("applying {file}: {error}"));
+            }
+        })
+        .await;
+    control_plane
+}
+
+async fn allowed(client: &Client, attributes: ResourceAttributes) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(attributes),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("access review")
+        .status
+        .map(|status| status.allowed)
+        .unwrap_or(false)
+}
+
+/// `verb group/resource[/subresource] [namespace] [name]`
+fn attributes(text: &str) -> ResourceAttributes {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (group, resource) = words[1].split_once('/').unwrap_or(("", words[1]));
+    let (resource, subresource) = resource
+        .split_once('/')
+        .map_or((resource, None), |(r, s)| (r, Some(s.to_owned())));
+    let optional = |index: usize| {
+        words
+            .get(index)
+            .filter(|word| **word != "*")
+            .map(|word| word.to_string())
+    };
+    ResourceAttributes {
+        verb: Some(words[0].into()),
+        group: Some(group.into()),
+        resource: Some(resource.into()),
+        subresource,
+        namespace: optional(2),
+        name: optional(3),
+        ..ResourceAttributes::default()
+    }
+}
+
+#[tokio::test]
+async fn the_service_account_can_do_exactly_what_setpoint_needs() {
+    let control_plane = applied().await;
+    let setpoint = control_plane
+        .service_account_client(devenv::NAMESPACE, devenv::SERVICE_ACCOUNT)
+        .await
+        .expect("ServiceAccount client");
+    let needed = [
+        "list apps/deployments",
+        "watch apps/deployments",
+        "get apps/deployments team-a web",
+        "update apps/deployments/scale team-a web",
+        "list autoscaling/horizontalpodautoscalers",
+        "watch autoscaling/horizontalpodautoscalers",
+        "list setpoint.dev/replicasetpoints",
+        "watch setpoint.dev/replicasetpoints",
+        "create setpoint.dev/replicasetpoints team-a",
+        "patch setpoint.dev/replicasetpoints team-a web",
+        "patch setpoint.dev/replicasetpoints/status team-a web",
+        "create events.k8s.io/events team-a",
+        "create coordination.k8s.io/leases setpoint",
+        "get coordination.k8s.io/leases setpoint setpoint-leader",
+        "update coordination.k8s.io/leases setpoint setpoint-leader",
+    ];
+    let forbidden = [
+        "get secrets setpoint setpoint-tls",
+        "list secrets setpoint",
+        "get secrets kube-system",
+        "get configmaps setpoint setpoint-policy",
+        "create apps/deployments team-a",
+        "delete apps/deployments team-a web",
+        "patch apps/deployments team-a web",
+        "update apps/deployments team-a web",
+        "create pods team-a",
+        "list pods team-a",
+        "delete setpoint.dev/replicasetpoints team-a web",
+        "update coordination.k8s.io/leases setpoint someone-elses-lease",
+        "update coordination.k8s.io/leases kube-system kube-controller-manager",
+        "create rbac.authorization.k8s.io/rolebindings setpoint",
+        "update setpoint.dev/replicasetpoints/status team-a web",
+    ];
+    for check in needed {
+        assert!(
+            allowed(&setpoint, attributes(check)).await,
+            "must be allowed: {check}"
+        );
+    }
+    for check in forbidden {
+        assert!(
+            !allowed(&setpoint, attributes(check)).await,
+            "must be denied: {check}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_deployment_passes_restricted_pod_security_admission() {
+    let control_plane = applied().await;
+    control_plane
+        .start_controller_manager()
+        .expect("controller manager");
+    let pods = Api::<Pod>::namespaced(
+        control_plane.admin_client().await.expect("admin"),
+        "setpoint",
+    );
+    // The namespace enforces `restricted`: a violating pod template would leave the
+    // ReplicaSet unable to create any Pod.
+    let created = testenv::wait_for("the ReplicaSet to create Setpoint's Pods", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=setpoint"))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(list.items)
+    })
+    .await;
+    for pod in created {
+        let spec = pod.spec.expect("pod spec");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+}
+
+#[test]
+fn the_deployment_is_hardened() {
+    let deployment: Deployment = parse("deployment.yaml");
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(
+        spec.replicas,
+        Some(2),
+        "two replicas: one leads, both serve"
+    );
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert!(
+        pod.termination_grace_period_seconds >= Some(30),
+        "covers the 20 s drain"
+    );
+    assert!(
+        !pod.topology_spread_constraints
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let pod_security = pod.security_context.expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert!(pod_security.run_as_user.is_some_and(|uid| uid != 0));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|profile| profile.type_),
+        Some("RuntimeDefault".into())
+    );
+    let volumes = pod.volumes.unwrap_or_default();
+    let token = volumes
+        .iter()
+        .filter_map(|volume| volume.projected.as_ref())
+        .flat_map(|projected| projected.sources.clone().unwrap_or_default())
+        .find_map(|source| source.service_account_token)
+        .expect("a projected ServiceAccount token");
+    assert!(
+        token
+            .expiration_seconds
+            .is_some_and(|seconds| seconds <= 3600)
+    );
+
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container");
+    };
+    let security = container
+        .security_context
+        .clone()
+        .expect("container securityContext");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = container.resources.clone().expect("resources");
+    assert!(resources.requests.is_some_and(|r| r.contains_key("memory")));
+    assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
+    let probe_path = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    assert_eq!(
+        probe_path(container.readiness_probe.as_ref()).as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        probe_path(container.liveness_probe.as_ref()).as_deref(),
+        Some("/livez")
+    );
+}
+
+#[test]
+fn the_network_policy_denies_by_default() {
+    let policy: NetworkPolicy = parse("networkpolicy.yaml");
+    let spec = policy.spec.expect("spec");
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".to_string(), "Egress".to_string()])
+    );
+    assert_eq!(
+        spec.egress.unwrap_or_default(),
+        [],
+        "no egress in the base; the API server rule is added per cluster"
+    );
+    let ingress = spec.ingress.unwrap_or_default();
+    assert_eq!(ingress.len(), 2);
+    for rule in &ingress {
+        let from = rule.from.clone().unwrap_or_default();
+        assert!(
+            !from.is_empty() && from.iter().all(|peer| peer.namespace_selector.is_some()),
+            "every ingress rule names its allowed namespaces"
+        );
+        assert_eq!(
+            rule.ports.as_ref().map(Vec::len),
+            Some(1),
+            "one port per rule"
+        );
+    }
+}
