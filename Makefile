@@ -4,6 +4,8 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
+# The image's binary is static (glibc, +crt-static): no libc in the image.
+IMAGE_TARGET := x86_64-unknown-linux-gnu
 
 .PHONY: help
 help: ## List the targets
@@ -27,6 +29,16 @@ test: controlplane ## Unit and integration tests (against a real local control p
 bench: controlplane ## Release build; read latency, SetReplicas→Deployment latency, server memory
 	$(CARGO) build --release --locked --bins
 	target/release/setpoint-bench --server-bin target/release/setpoint-server
+
+.PHONY: image
+image: ## Static server in a reproducible OCI image archive (no Docker): target/image/setpoint-server.tar
+	RUSTFLAGS='-C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/setpoint --remap-path-prefix=$(HOME)=/home' \
+	  $(CARGO) build --release --locked --target $(IMAGE_TARGET) -p setpoint-server
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) \
+	  $(CARGO) run --quiet --locked -p ociimage -- \
+	  --binary target/$(IMAGE_TARGET)/release/setpoint-server \
+	  --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  --output target/image/setpoint-server.tar
 
 .PHONY: lint
 lint: ## rustfmt check, clippy with warnings as errors

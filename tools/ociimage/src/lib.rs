@@ -1,0 +1,268 @@
+//! Builds a single-layer OCI image around one static binary: no base image, no shell,
+//! no package manager, a numeric non-root user. The output is one tar archive that is
+//! both an OCI image layout (`index.json`, `oci-layout`, `blobs/`) and a Docker archive
+//! (`manifest.json`), so `docker load` and `kind load image-archive` both accept it.
+//!
+//! Reproducible by construction: every timestamp is fixed, entries are written in a
+//! fixed order with fixed owners, JSON has a fixed key order, and the layer is stored
+//! uncompressed (its digest is its diff ID; no compressor version can change it).
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// The user the image runs as (distroless "nonroot").
+pub const USER: &str = "65532:65532";
+/// Where the binary lives in the image.
+pub const ENTRYPOINT: &str = "/setpoint-server";
+const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// What goes into the image besides the binary.
+pub struct ImageSpec<'a> {
+    /// `repository:tag`, e.g. `setpoint-server:dev`.
+    pub tag: &'a str,
+    /// Seconds since the epoch for every timestamp (`SOURCE_DATE_EPOCH`).
+    pub created: u64,
+    /// `org.opencontainers.image.*` labels, e.g. `("version", "0.1.0")`.
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// The image archive and its manifest digest (`sha256:…`), which names the image.
+pub struct Image {
+    pub archive: Vec<u8>,
+    pub digest: String,
+}
+
+pub fn build(binary: &[u8], spec: &ImageSpec) -> std::io::Result<Image> {
+    let layer = tar_of(
+        &[(ENTRYPOINT.trim_start_matches('/'), binary, 0o755)],
+        spec.created,
+    )?;
+    let layer_digest = sha256(&layer);
+    let labels: serde_json::Map<String, serde_json::Value> = spec
+        .labels
+        .iter()
+        .map(|(key, value)| (format!("org.opencontainers.image.{key}"), json!(value)))
+        .collect();
+    let created = rfc3339(spec.created);
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": {
+            "User": USER,
+            "Entrypoint": [ENTRYPOINT],
+            "Labels": labels,
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created": created, "created_by": "setpoint-image"}],
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = sha256(&config);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": layer.len()}],
+        "annotations": {"org.opencontainers.image.created": created},
+    })
+    .to_string()
+    .into_bytes();
+    let digest = sha256(&manifest);
+    let (repository, reference) = spec.tag.rsplit_once(':').unwrap_or((spec.tag, "latest"));
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [{
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": digest,
+            "size": manifest.len(),
+            "annotations": {
+                "org.opencontainers.image.ref.name": reference,
+                "io.containerd.image.name": format!("docker.io/library/{repository}:{reference}"),
+            },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let docker_manifest = json!([{
+        "Config": blob(&config_digest),
+        "RepoTags": [spec.tag],
+        "Layers": [blob(&layer_digest)],
+    }])
+    .to_string()
+    .into_bytes();
+
+    let (layer_path, config_path, manifest_path) =
+        (blob(&layer_digest), blob(&config_digest), blob(&digest));
+    let archive = tar_of(
+        &[
+            (
+                "oci-layout",
+                br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice(),
+                0o644,
+            ),
+            ("index.json", &index, 0o644),
+            ("manifest.json", &docker_manifest, 0o644),
+            (&layer_path, &layer, 0o644),
+            (&config_path, &config, 0o644),
+            (&manifest_path, &manifest, 0o644),
+        ],
+        spec.created,
+    )?;
+    Ok(Image { archive, digest })
+}
+
+/// A tar of regular files owned by root, all with the same mtime, in the given order.
+fn tar_of(files: &[(&str, &[u8], u32)], mtime: u64) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    for (path, contents, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(contents.len() as u64);
+        header.set_mode(*mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(mtime);
+        builder.append_data(&mut header, path, *contents)?;
+    }
+    builder.into_inner()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (civil-from-days, proleptic
+/// Gregorian), to avoid a date dependency for one field.
+fn rfc3339(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Read;
+
+    use super::*;
+
+    const SPEC: ImageSpec = ImageSpec {
+        tag: "setpoint-server:dev",
+        created: 1_700_000_000,
+        labels: &[
+            ("version", "0.1.0"),
+            ("source", "https://example.com/setpoint"),
+        ],
+    };
+
+    fn entries(archive: &[u8]) -> HashMap<String, Vec<u8>> {
+        let mut archive = tar::Archive::new(archive);
+        archive
+            .entries()
+            .expect("tar")
+            .map(|entry| {
+                let mut entry = entry.expect("entry");
+                let path = entry.path().expect("path").display().to_string();
+                let mut contents = Vec::new();
+                entry.read_to_end(&mut contents).expect("read");
+                (path, contents)
+            })
+            .collect()
+    }
+
+    fn json_of(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).expect("json")
+    }
+
+    #[test]
+    fn the_same_binary_gives_the_same_digest() {
+        let first = build(b"binary", &SPEC).expect("image");
+        let second = build(b"binary", &SPEC).expect("image");
+        assert_eq!(first.archive, second.archive);
+        assert_eq!(first.digest, second.digest);
+        let other = build(b"other binary", &SPEC).expect("image");
+        assert_ne!(first.digest, other.digest);
+    }
+
+    #[test]
+    fn the_archive_is_a_consistent_oci_layout_and_docker_archive() {
+        let image = build(b"\x7fELF static", &SPEC).expect("image");
+        let files = entries(&image.archive);
+        let blob = |digest: &str| {
+            files
+                .get(&format!(
+                    "blobs/sha256/{}",
+                    digest.trim_start_matches("sha256:")
+                ))
+                .unwrap_or_else(|| panic!("blob {digest}"))
+        };
+        let index = json_of(&files["index.json"]);
+        let descriptor = &index["manifests"][0];
+        assert_eq!(descriptor["digest"], image.digest.as_str());
+        let manifest_bytes = blob(&image.digest);
+        assert_eq!(sha256(manifest_bytes), image.digest);
+        let manifest = json_of(manifest_bytes);
+        let config = json_of(blob(manifest["config"]["digest"].as_str().expect("digest")));
+        let layer_digest = manifest["layers"][0]["digest"].as_str().expect("digest");
+        let layer = blob(layer_digest);
+        assert_eq!(sha256(layer), layer_digest);
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0], layer_digest,
+            "uncompressed layer"
+        );
+        assert_eq!(config["config"]["User"], USER);
+        assert_eq!(config["config"]["Entrypoint"][0], ENTRYPOINT);
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.version"],
+            "0.1.0"
+        );
+        assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+
+        let layer_files = entries(layer);
+        assert_eq!(
+            layer_files.len(),
+            1,
+            "only the binary: no shell, no package manager"
+        );
+        assert_eq!(layer_files["setpoint-server"], b"\x7fELF static");
+
+        let docker = json_of(&files["manifest.json"]);
+        assert_eq!(docker[0]["RepoTags"][0], "setpoint-server:dev");
+        assert!(files.contains_key(docker[0]["Config"].as_str().expect("config")));
+    }
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_867_199), "2026-11-28T11:59:59Z");
+    }
+}
