@@ -37,7 +37,7 @@ pub use crate::error::Error;
 use crate::authz::{AuthorizationLayer, Policy};
 use crate::cache::Cache;
 use crate::health::Readiness;
-use crate::metrics::{Metrics, RpcMetricsLayer};
+use crate::metrics::{ComponentLabels, Metrics, RpcMetricsLayer};
 use crate::reload::Reloader;
 use crate::service::ReplicaApi;
 use crate::tls::TlsFiles;
@@ -58,6 +58,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     config: Config,
     client: kube::Client,
+    reconciler_client: kube::Client,
     metrics: Metrics,
     reconciler_metrics: ReconcilerMetrics,
     registry: Registry,
@@ -91,15 +92,11 @@ impl Server {
             metrics.reload_failures.clone(),
         )?;
 
-        // Every request to the API server is counted, which is how tests prove reads
-        // never make one.
-        let kube_requests = metrics.kube_requests.clone();
-        let client = kube::client::ClientBuilder::try_from(kube_config)?
-            .with_layer(&MapRequestLayer::new(move |request| {
-                kube_requests.inc();
-                request
-            }))
-            .build();
+        // One client for the API side (cache, writes, health) and one for leadership
+        // (Lease, reconciler), each counting its requests: that is how tests prove reads
+        // never make one while the reconciler works.
+        let client = counted_client(kube_config.clone(), &metrics, "api")?;
+        let reconciler_client = counted_client(kube_config, &metrics, "reconciler")?;
 
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
@@ -111,6 +108,7 @@ impl Server {
             http_listener: bind(config.http_listen).await?,
             config,
             client,
+            reconciler_client,
             metrics,
             reconciler_metrics,
             registry,
@@ -139,6 +137,7 @@ impl Server {
         let Self {
             config,
             client,
+            reconciler_client,
             metrics,
             reconciler_metrics,
             registry,
@@ -178,9 +177,9 @@ impl Server {
             duration: config.lease_duration,
             renew_every: config.lease_renew_interval,
         };
-        let (reconciler_client, identity) = (client.clone(), config.identity.clone());
+        let identity = config.identity.clone();
         leadership.spawn(lease::run(
-            client.clone(),
+            reconciler_client.clone(),
             lease_config,
             reconciler_metrics.leader.clone(),
             move || {
@@ -256,4 +255,22 @@ impl Server {
         tasks.shutdown().await;
         served
     }
+}
+
+/// A kube client whose requests count in `setpoint_kube_requests_total{component}`.
+fn counted_client(
+    config: kube::Config,
+    metrics: &Metrics,
+    component: &'static str,
+) -> Result<kube::Client, Error> {
+    let requests = metrics
+        .kube_requests
+        .get_or_create(&ComponentLabels { component })
+        .clone();
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&MapRequestLayer::new(move |request| {
+            requests.inc();
+            request
+        }))
+        .build())
 }

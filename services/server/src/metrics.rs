@@ -25,6 +25,11 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -36,7 +41,7 @@ pub struct Metrics {
     pub rpc_duration: Family<MethodLabels, Histogram>,
     pub cache_objects: Family<KindLabels, Gauge>,
     pub watch_restarts: Family<KindLabels, Counter>,
-    pub kube_requests: Counter,
+    pub kube_requests: Family<ComponentLabels, Counter>,
     pub tls_handshake_failures: Counter,
     pub reload_failures: Counter,
 }
@@ -50,7 +55,7 @@ impl Metrics {
             }),
             cache_objects: Family::default(),
             watch_restarts: Family::default(),
-            kube_requests: Counter::default(),
+            kube_requests: Family::default(),
             tls_handshake_failures: Counter::default(),
             reload_failures: Counter::default(),
         };
@@ -77,7 +82,7 @@ impl Metrics {
         );
         registry.register(
             "kube_requests",
-            "HTTP requests sent to the Kubernetes API server (watches included)",
+            "HTTP requests sent to the Kubernetes API server (watches included), by component: api (cache, writes, health) or reconciler (Lease, controller)",
             metrics.kube_requests.clone(),
         );
         registry.register(

@@ -83,7 +83,12 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
         .await
         .expect("set through the follower");
     wait_for_replicas(&deployments, "web", 3).await;
-    assert_eq!(reporters(&namespace, "Scaled").await, [first]);
+    // Events are recorded just after the write.
+    let scaled = testenv::wait_for("a Scaled event", || async {
+        Some(reporters(&namespace, "Scaled").await).filter(|r| !r.is_empty())
+    })
+    .await;
+    assert_eq!(scaled, [first], "only the leader writes");
 
     // A crash: no release, so the follower takes over once the lease expires.
     drop(leader);
@@ -95,8 +100,12 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
     assert_eq!(lease_holder().await.as_deref(), Some(follower_name));
     scale_externally(&deployments, "web", 8).await;
     wait_for_replicas(&deployments, "web", 3).await;
+    let reverted = testenv::wait_for("a Reverted event", || async {
+        Some(reporters(&namespace, "Reverted").await).filter(|r| !r.is_empty())
+    })
+    .await;
     assert_eq!(
-        reporters(&namespace, "Reverted").await,
+        reverted,
         [follower_name],
         "only the new leader writes after the hand-over"
     );
@@ -106,7 +115,8 @@ async fn one_replica_reconciles_and_leadership_moves_on() {
     let c = start("replica-c").await;
     assert!(!is_leader(&c).await);
     follower.stop().await.expect("stop");
-    assert_eq!(lease_holder().await, None, "released on shutdown");
+    // Released on shutdown (replica-c may already have taken it).
+    assert_ne!(lease_holder().await.as_deref(), Some(follower_name));
     testenv::wait_for("replica-c to take over", || async {
         is_leader(&c).await.then_some(())
     })

@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
     }
-    let requests_before = metric(http, "setpoint_kube_requests_total").await?;
+    let requests_before = metric(http, "setpoint_kube_requests_total{component=\"api\"}").await?;
     let mut gets = Vec::with_capacity(args.reads);
     let started = Instant::now();
     for index in 0..args.reads {
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
             page_token = page.next_page_token;
         }
     }
-    let requests_after = metric(http, "setpoint_kube_requests_total").await?;
+    let requests_after = metric(http, "setpoint_kube_requests_total{component=\"api\"}").await?;
 
     // Convergence is observed through a watch, as the API server reports it, so the
     // measurement adds no polling delay.
