@@ -40,6 +40,18 @@ image: ## Static server in a reproducible OCI image archive (no Docker): target/
 	  --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 	  --output target/image/setpoint-server.tar
 
+.PHONY: deploy
+deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rollout, smoke test
+	tools/deploy/deploy.sh up
+
+.PHONY: undeploy
+undeploy: ## Remove Setpoint from the KIND cluster
+	tools/deploy/deploy.sh down
+
+.PHONY: kind-down
+kind-down: ## Delete the KIND cluster
+	tools/deploy/deploy.sh kind-down
+
 .PHONY: lint
 lint: ## rustfmt check, clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
