@@ -25,7 +25,7 @@ struct Args {
     source_date_epoch: u64,
     /// org.opencontainers.image.version label.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-    version: String,
+    image_version: String,
     /// org.opencontainers.image.source label.
     #[arg(long, default_value = "https://github.com/setpoint-dev/setpoint")]
     source: String,
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             created: args.source_date_epoch,
             labels: &[
                 ("title", "setpoint-server"),
-                ("version", &args.version),
+                ("version", &args.image_version),
                 ("source", &args.source),
                 ("revision", &args.revision),
                 ("licenses", "Apache-2.0"),
@@ -65,4 +65,13 @@ fn main() -> anyhow::Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
 }
