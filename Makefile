@@ -40,6 +40,10 @@ image: ## Static server in a reproducible OCI image archive (no Docker): target/
 	  --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 	  --output target/image/setpoint-server.tar
 
+.PHONY: image-reproducible
+image-reproducible: image ## Build the image again from a clean clone elsewhere; fail unless identical
+	tools/image-reproducible.sh
+
 .PHONY: deploy
 deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rollout, smoke test
 	tools/deploy/deploy.sh up
