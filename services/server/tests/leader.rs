@@ -6,11 +6,10 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::ListParams;
 use support::{
-    OPERATOR, Setpoint, admin, namespace_with, scale_externally, set_request, wait_for_replicas,
+    OPERATOR, Setpoint, admin, events, namespace_with, scale_externally, set_request,
+    wait_for_replicas,
 };
 
 const LEASE: &[&str] = &["--lease-duration=3s", "--lease-renew-interval=500ms"];
@@ -40,14 +39,9 @@ async fn lease_holder() -> Option<String> {
 
 /// Reporting instances of the `reason` Events in `namespace`.
 async fn reporters(namespace: &str, reason: &str) -> Vec<String> {
-    let admin = admin().await;
-    Api::<Event>::namespaced(admin, namespace)
-        .list(&ListParams::default())
+    events(namespace, reason)
         .await
-        .expect("events")
-        .items
         .into_iter()
-        .filter(|event| event.reason.as_deref() == Some(reason))
         .filter_map(|event| event.reporting_instance)
         .collect()
 }

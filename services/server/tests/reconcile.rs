@@ -5,14 +5,13 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use setpoint_api::v1::{GetReplicasRequest, ReconcileState};
 use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
 use support::{
-    OPERATOR, Setpoint, admin, autoscaler_for, namespace_with, scale_externally, set_request,
-    spec_replicas, wait_for_replicas,
+    OPERATOR, Setpoint, admin, autoscaler_for, events, namespace_with, scale_externally,
+    set_request, spec_replicas, wait_for_replicas,
 };
 
 /// Waits until the setpoint's status describes its current generation with `reason`.
@@ -25,17 +24,6 @@ async fn wait_for_reason(setpoints: &Api<ReplicaSetpoint>, name: &str, reason: &
             .then(|| condition.message.clone())
     })
     .await
-}
-
-async fn events(namespace: &str, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(admin().await, namespace)
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|event| event.reason.as_deref() == Some(reason))
-        .collect()
 }
 
 #[tokio::test]

@@ -14,8 +14,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
 };
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
 use setpoint_server::{Config, Server};
@@ -314,6 +315,18 @@ pub async fn wait_for_replicas(deployments: &Api<Deployment>, name: &str, replic
         (spec_replicas(deployments, name).await == Some(replicas)).then_some(())
     })
     .await;
+}
+
+/// The Events in `namespace` with `reason`.
+pub async fn events(namespace: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(admin().await, namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some(reason))
+        .collect()
 }
 
 /// Creates a fresh namespace with Deployments `name → replicas`; returns the namespace.
