@@ -6,6 +6,11 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 # The image's binary is static (glibc, +crt-static): no libc in the image.
 IMAGE_TARGET := x86_64-unknown-linux-gnu
+# Rust tools are built from crates.io at pinned versions into the cache, like the
+# control plane.
+TOOLS_CACHE := $(or $(SETPOINT_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/setpoint)/tools
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 
 .PHONY: help
 help: ## List the targets
@@ -55,6 +60,18 @@ undeploy: ## Remove Setpoint from the KIND cluster
 .PHONY: kind-down
 kind-down: ## Delete the KIND cluster
 	tools/deploy/deploy.sh kind-down
+
+.PHONY: deny
+deny: $(CARGO_DENY) ## Supply chain: sources, licenses and bans of every Rust dependency (deny.toml)
+	$(CARGO_DENY) check sources licenses bans
+
+.PHONY: audit
+audit: $(CARGO_DENY) ## Known advisories (fetches the RustSec database from GitHub: not in CI here)
+	$(CARGO_DENY) check advisories
+
+$(CARGO_DENY):
+	@echo "building cargo-deny $(CARGO_DENY_VERSION) from crates.io (about 3 min) ..."
+	$(CARGO) install --locked --quiet cargo-deny@$(CARGO_DENY_VERSION) --root $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)
 
 .PHONY: lint
 lint: ## rustfmt check, clippy with warnings as errors
