@@ -4,13 +4,22 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-# The image's binary is static (glibc, +crt-static): no libc in the image.
-IMAGE_TARGET := x86_64-unknown-linux-gnu
+# The image's binary is static (glibc, +crt-static): no libc in the image. It is built
+# for this machine's architecture (x86_64 or aarch64); on a host that is not Linux
+# (macOS) the same `make image` runs inside the pinned Rust image (needs Docker).
+IMAGE_TARGET := $(shell uname -m | sed 's/^arm64$$/aarch64/')-unknown-linux-gnu
+IMAGE_BUILDER ?= $(if $(filter Linux,$(shell uname -s)),native,docker)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# Every timestamp in the image and its SBOM, and the revision label: from the commit.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # Rust tools are built from crates.io at pinned versions into the cache, like the
 # control plane.
 TOOLS_CACHE := $(or $(SETPOINT_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/setpoint)/tools
 CARGO_DENY_VERSION := 0.20.2
 CARGO_DENY := $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
+CARGO_CYCLONEDX_VERSION := 0.5.9
+CARGO_CYCLONEDX := $(TOOLS_CACHE)/cargo-cyclonedx-$(CARGO_CYCLONEDX_VERSION)/bin/cargo-cyclonedx
 
 .PHONY: help
 help: ## List the targets
@@ -36,14 +45,23 @@ bench: controlplane ## Release build; read latency, SetReplicas→Deployment lat
 	target/release/setpoint-bench --server-bin target/release/setpoint-server
 
 .PHONY: image
-image: ## Static server in a reproducible OCI image archive (no Docker): target/image/setpoint-server.tar
+image: $(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX)) ## Static server in a reproducible OCI image archive and its SBOM (no Docker on Linux): target/image/
+ifeq ($(IMAGE_BUILDER),docker)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) REVISION=$(REVISION) tools/image-in-docker.sh
+else
 	RUSTFLAGS='-C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/setpoint --remap-path-prefix=$(HOME)=/home' \
 	  $(CARGO) build --release --locked --target $(IMAGE_TARGET) -p setpoint-server
-	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) \
-	  $(CARGO) run --quiet --locked -p ociimage -- \
-	  --binary target/$(IMAGE_TARGET)/release/setpoint-server \
-	  --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown) \
-	  --output target/image/setpoint-server.tar
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(CARGO) run --quiet --locked -p ociimage -- \
+	  --binary $(TARGET_DIR)/$(IMAGE_TARGET)/release/setpoint-server \
+	  --revision $(REVISION) --output target/image/setpoint-server.tar
+# CycloneDX SBOM of the crates linked into the binary. The tool writes one file per
+# workspace binary next to its Cargo.toml; keep the server's, with paths as in the binary.
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(CARGO_CYCLONEDX) cyclonedx --quiet --format json \
+	  --spec-version 1.5 --describe binaries --no-build-deps --target $(IMAGE_TARGET)
+	sed 's|file://$(CURDIR)/|file:///setpoint/|g' services/server/setpoint-server_bin.cdx.json \
+	  > target/image/setpoint-server.cdx.json
+	find services tools -name '*_bin.cdx.json' -delete
+endif
 
 .PHONY: image-reproducible
 image-reproducible: image ## Build the image again from a clean clone elsewhere; fail unless identical
@@ -72,6 +90,10 @@ audit: $(CARGO_DENY) ## Known advisories (fetches the RustSec database from GitH
 $(CARGO_DENY):
 	@echo "building cargo-deny $(CARGO_DENY_VERSION) from crates.io (about 3 min) ..."
 	$(CARGO) install --locked --quiet cargo-deny@$(CARGO_DENY_VERSION) --root $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)
+
+$(CARGO_CYCLONEDX):
+	@echo "building cargo-cyclonedx $(CARGO_CYCLONEDX_VERSION) from crates.io (about 2 min) ..."
+	$(CARGO) install --locked --quiet cargo-cyclonedx@$(CARGO_CYCLONEDX_VERSION) --root $(TOOLS_CACHE)/cargo-cyclonedx-$(CARGO_CYCLONEDX_VERSION)
 
 .PHONY: lint
 lint: ## rustfmt check, clippy with warnings as errors

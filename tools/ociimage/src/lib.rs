@@ -35,7 +35,55 @@ pub struct Image {
     pub digest: String,
 }
 
-pub fn build(binary: &[u8], spec: &ImageSpec) -> std::io::Result<Image> {
+/// Why a file cannot be the image's binary.
+#[derive(Debug, thiserror::Error)]
+pub enum BinaryError {
+    #[error("not a 64-bit little-endian ELF executable")]
+    NotElf,
+    #[error("ELF machine {0:#x} is not x86_64 or aarch64")]
+    UnsupportedMachine(u16),
+    #[error(
+        "dynamically linked (it names a program interpreter), but the image has no libc: \
+         build it with -C target-feature=+crt-static"
+    )]
+    Dynamic,
+}
+
+/// The OCI architecture of a static ELF executable, read from its header; refuses
+/// anything the image could not run.
+pub fn architecture(binary: &[u8]) -> Result<&'static str, BinaryError> {
+    const PT_INTERP: u32 = 3;
+    fn field<const N: usize>(binary: &[u8], at: u64) -> Result<[u8; N], BinaryError> {
+        let at = usize::try_from(at).map_err(|_| BinaryError::NotElf)?;
+        binary
+            .get(at..at.saturating_add(N))
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(BinaryError::NotElf)
+    }
+    // ELF magic, ELFCLASS64, ELFDATA2LSB.
+    if field::<6>(binary, 0)? != *b"\x7fELF\x02\x01" {
+        return Err(BinaryError::NotElf);
+    }
+    let architecture = match u16::from_le_bytes(field(binary, 18)?) {
+        0x3e => "amd64",
+        0xb7 => "arm64",
+        other => return Err(BinaryError::UnsupportedMachine(other)),
+    };
+    // The program headers: none may name an interpreter (the dynamic loader).
+    let table = u64::from_le_bytes(field(binary, 0x20)?);
+    let entry_size = u64::from(u16::from_le_bytes(field(binary, 0x36)?));
+    for index in 0..u64::from(u16::from_le_bytes(field(binary, 0x38)?)) {
+        let at = table.saturating_add(index * entry_size);
+        if u32::from_le_bytes(field(binary, at)?) == PT_INTERP {
+            return Err(BinaryError::Dynamic);
+        }
+    }
+    Ok(architecture)
+}
+
+/// The image for `binary`, which must be a static x86_64 or aarch64 ELF executable.
+pub fn build(binary: &[u8], spec: &ImageSpec) -> anyhow::Result<Image> {
+    let architecture = architecture(binary)?;
     let layer = tar_of(
         &[(ENTRYPOINT.trim_start_matches('/'), binary, 0o755)],
         spec.created,
@@ -48,7 +96,7 @@ pub fn build(binary: &[u8], spec: &ImageSpec) -> std::io::Result<Image> {
         .collect();
     let created = rfc3339(spec.created);
     let config = json!({
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "created": created,
         "config": {
@@ -202,19 +250,34 @@ mod tests {
         serde_json::from_slice(bytes).expect("json")
     }
 
+    /// A minimal 64-bit little-endian ELF header for `machine` with one program header
+    /// of type `segment` (1 = PT_LOAD, 3 = PT_INTERP), then `payload`.
+    fn elf(machine: u16, segment: u32, payload: &[u8]) -> Vec<u8> {
+        let mut header = vec![0u8; 64 + 56];
+        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        header[18..20].copy_from_slice(&machine.to_le_bytes());
+        header[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        header[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        header[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        header[64..68].copy_from_slice(&segment.to_le_bytes());
+        header.extend_from_slice(payload);
+        header
+    }
+
     #[test]
     fn the_same_binary_gives_the_same_digest() {
-        let first = build(b"binary", &SPEC).expect("image");
-        let second = build(b"binary", &SPEC).expect("image");
+        let first = build(&elf(0x3e, 1, b"binary"), &SPEC).expect("image");
+        let second = build(&elf(0x3e, 1, b"binary"), &SPEC).expect("image");
         assert_eq!(first.archive, second.archive);
         assert_eq!(first.digest, second.digest);
-        let other = build(b"other binary", &SPEC).expect("image");
+        let other = build(&elf(0x3e, 1, b"other binary"), &SPEC).expect("image");
         assert_ne!(first.digest, other.digest);
     }
 
     #[test]
     fn the_archive_is_a_consistent_oci_layout_and_docker_archive() {
-        let image = build(b"\x7fELF static", &SPEC).expect("image");
+        let binary = elf(0x3e, 1, b"static");
+        let image = build(&binary, &SPEC).expect("image");
         let files = entries(&image.archive);
         let blob = |digest: &str| {
             files
@@ -238,6 +301,8 @@ mod tests {
             config["rootfs"]["diff_ids"][0], layer_digest,
             "uncompressed layer"
         );
+        assert_eq!(config["architecture"], "amd64");
+        assert_eq!(config["os"], "linux");
         assert_eq!(config["config"]["User"], USER);
         assert_eq!(config["config"]["Entrypoint"][0], ENTRYPOINT);
         assert_eq!(
@@ -252,11 +317,49 @@ mod tests {
             1,
             "only the binary: no shell, no package manager"
         );
-        assert_eq!(layer_files["setpoint-server"], b"\x7fELF static");
+        assert_eq!(layer_files["setpoint-server"], binary);
 
         let docker = json_of(&files["manifest.json"]);
         assert_eq!(docker[0]["RepoTags"][0], "setpoint-server:dev");
         assert!(files.contains_key(docker[0]["Config"].as_str().expect("config")));
+    }
+
+    #[test]
+    fn the_architecture_comes_from_the_binary() {
+        assert_eq!(architecture(&elf(0x3e, 1, b"")).expect("x86_64"), "amd64");
+        assert_eq!(architecture(&elf(0xb7, 1, b"")).expect("aarch64"), "arm64");
+        let image = build(&elf(0xb7, 1, b""), &SPEC).expect("image");
+        let config = entries(&image.archive)
+            .into_values()
+            .find(|contents| contents.starts_with(b"{\"architecture\""))
+            .expect("config");
+        assert_eq!(json_of(&config)["architecture"], "arm64");
+    }
+
+    #[test]
+    fn binaries_the_image_could_not_run_are_refused() {
+        let refused = |binary: &[u8]| architecture(binary).expect_err("refused").to_string();
+        assert!(refused(b"#!/bin/sh\n").contains("not a 64-bit"));
+        let mut elf32 = elf(0x3e, 1, b"");
+        elf32[4] = 1;
+        assert!(refused(&elf32).contains("not a 64-bit"));
+        assert!(refused(&elf(0x28, 1, b"")).contains("0x28 is not x86_64"));
+        assert!(refused(&elf(0x3e, 3, b"")).contains("+crt-static"));
+        let truncated = &elf(0x3e, 1, b"")[..66];
+        assert!(refused(truncated).contains("not a 64-bit"));
+        assert!(build(&elf(0x3e, 3, b""), &SPEC).is_err());
+    }
+
+    /// This test binary itself: a real, dynamically linked executable.
+    #[test]
+    #[cfg(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(target_feature = "crt-static")
+    ))]
+    fn a_dynamically_linked_executable_is_refused() {
+        let binary = std::fs::read(std::env::current_exe().expect("path")).expect("read");
+        assert!(matches!(architecture(&binary), Err(BinaryError::Dynamic)));
     }
 
     #[test]

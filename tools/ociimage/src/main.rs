@@ -51,7 +51,8 @@ fn main() -> anyhow::Result<()> {
                 ("licenses", "Apache-2.0"),
             ],
         },
-    )?;
+    )
+    .with_context(|| format!("{} cannot be the image's binary", args.binary.display()))?;
     if let Some(parent) = args.output.parent() {
         std::fs::create_dir_all(parent)?;
     }
