@@ -35,9 +35,10 @@ pub struct Image {
     pub digest: String,
 }
 
-/// Why a file cannot be the image's binary.
+/// Why no image was built: the binary is one the image could not run, or the archive
+/// could not be written.
 #[derive(Debug, thiserror::Error)]
-pub enum BinaryError {
+pub enum Error {
     #[error("not a 64-bit little-endian ELF executable")]
     NotElf,
     #[error("ELF machine {0:#x} is not x86_64 or aarch64")]
@@ -47,27 +48,29 @@ pub enum BinaryError {
          build it with -C target-feature=+crt-static"
     )]
     Dynamic,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// The OCI architecture of a static ELF executable, read from its header; refuses
 /// anything the image could not run.
-pub fn architecture(binary: &[u8]) -> Result<&'static str, BinaryError> {
+pub fn architecture(binary: &[u8]) -> Result<&'static str, Error> {
     const PT_INTERP: u32 = 3;
-    fn field<const N: usize>(binary: &[u8], at: u64) -> Result<[u8; N], BinaryError> {
-        let at = usize::try_from(at).map_err(|_| BinaryError::NotElf)?;
+    fn field<const N: usize>(binary: &[u8], at: u64) -> Result<[u8; N], Error> {
+        let at = usize::try_from(at).map_err(|_| Error::NotElf)?;
         binary
             .get(at..at.saturating_add(N))
             .and_then(|bytes| bytes.try_into().ok())
-            .ok_or(BinaryError::NotElf)
+            .ok_or(Error::NotElf)
     }
     // ELF magic, ELFCLASS64, ELFDATA2LSB.
     if field::<6>(binary, 0)? != *b"\x7fELF\x02\x01" {
-        return Err(BinaryError::NotElf);
+        return Err(Error::NotElf);
     }
     let architecture = match u16::from_le_bytes(field(binary, 18)?) {
         0x3e => "amd64",
         0xb7 => "arm64",
-        other => return Err(BinaryError::UnsupportedMachine(other)),
+        other => return Err(Error::UnsupportedMachine(other)),
     };
     // The program headers: none may name an interpreter (the dynamic loader).
     let table = u64::from_le_bytes(field(binary, 0x20)?);
@@ -75,14 +78,14 @@ pub fn architecture(binary: &[u8]) -> Result<&'static str, BinaryError> {
     for index in 0..u64::from(u16::from_le_bytes(field(binary, 0x38)?)) {
         let at = table.saturating_add(index * entry_size);
         if u32::from_le_bytes(field(binary, at)?) == PT_INTERP {
-            return Err(BinaryError::Dynamic);
+            return Err(Error::Dynamic);
         }
     }
     Ok(architecture)
 }
 
 /// The image for `binary`, which must be a static x86_64 or aarch64 ELF executable.
-pub fn build(binary: &[u8], spec: &ImageSpec) -> anyhow::Result<Image> {
+pub fn build(binary: &[u8], spec: &ImageSpec) -> Result<Image, Error> {
     let architecture = architecture(binary)?;
     let layer = tar_of(
         &[(ENTRYPOINT.trim_start_matches('/'), binary, 0o755)],
@@ -359,7 +362,7 @@ mod tests {
     ))]
     fn a_dynamically_linked_executable_is_refused() {
         let binary = std::fs::read(std::env::current_exe().expect("path")).expect("read");
-        assert!(matches!(architecture(&binary), Err(BinaryError::Dynamic)));
+        assert!(matches!(architecture(&binary), Err(Error::Dynamic)));
     }
 
     #[test]
