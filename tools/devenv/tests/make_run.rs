@@ -1,6 +1,6 @@
-//! `make run` end to end: setpoint-dev brings up the control plane and the server, the
-//! env file it writes lets setpointctl list, get and set, errors are clear, and Ctrl-C
-//! stops everything. Needs the workspace binaries (`make test` builds them first).
+//! `make run` end to end: setpoint-dev brings up the control plane and the server (as
+//! Setpoint's ServiceAccount), the env file it writes lets setpointctl list, get and set,
+//! the server reconciles as the leader, errors are clear, and Ctrl-C stops everything. Needs the workspace binaries (`make test` builds them first).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -84,6 +84,39 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// What the server binary did in the cluster as Setpoint's ServiceAccount (the RBAC of
+/// `k8s/base`): its reconciler scaled `namespace/name` to `replicas`, and it holds the
+/// leader Lease.
+fn reconciled_as_leader(kubeconfig: &str, namespace: &str, name: &str, replicas: i32) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Api;
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("admin config");
+        let admin = kube::Client::try_from(config).expect("admin client");
+        let deployments = Api::<Deployment>::namespaced(admin.clone(), namespace);
+        testenv::wait_for("the reconciler to scale the Deployment", || async {
+            let deployment = deployments.get(name).await.ok()?;
+            (deployment.spec?.replicas == Some(replicas)).then_some(())
+        })
+        .await;
+        let lease = Api::<Lease>::namespaced(admin, devenv::NAMESPACE)
+            .get("setpoint-leader")
+            .await
+            .expect("the leader Lease exists");
+        let holder = lease.spec.and_then(|spec| spec.holder_identity);
+        assert!(
+            holder.is_some_and(|holder| !holder.is_empty()),
+            "the server holds the Lease"
+        );
+    });
+}
+
 #[test]
 fn make_run_serves_the_cli_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -134,6 +167,7 @@ fn make_run_serves_the_cli_and_stops_cleanly() {
     let json: serde_json::Value = serde_json::from_slice(&get.stdout).expect("JSON output");
     assert_eq!(json[0]["desiredReplicas"], 4);
     assert_eq!(json[0]["namespace"], "demo");
+    reconciled_as_leader(&value("SETPOINT_KUBECONFIG"), "demo", "web", 4);
 
     let mut unreachable = operator.clone();
     unreachable.push((
