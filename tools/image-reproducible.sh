@@ -21,5 +21,5 @@ for file in setpoint-server.tar setpoint-server.cdx.json; do
     exit 1
   fi
 done
-echo "image-reproducible: identical image ($(sha256sum < target/image/setpoint-server.tar | cut -c1-16)...)" \
+echo "image-reproducible: identical archive (sha256 $(sha256sum < target/image/setpoint-server.tar | cut -c1-16)...)" \
   "and SBOM ($(grep -c '"purl": "pkg:cargo/' target/image/setpoint-server.cdx.json) crates)"
