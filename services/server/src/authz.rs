@@ -1,6 +1,7 @@
 //! Authentication and authorization of every RPC, in one tower layer: the caller's
-//! identity comes from its verified client certificate, and the policy file decides
-//! which RPCs that identity may call. Anything not granted is denied.
+//! identity comes from its verified client certificate, the policy file decides which
+//! RPCs that identity may call, and writes are rate-limited per identity. Anything not
+//! granted is denied.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,6 +16,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::Error;
+use crate::limits::WriteLimiter;
 use crate::reload::Shared;
 
 /// The verified identity of a caller: its certificate's first URI SAN, else its CN.
@@ -67,7 +69,7 @@ pub enum Role {
 
 /// What an RPC needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Permission {
+pub enum Permission {
     Read,
     Write,
 }
@@ -140,8 +142,8 @@ impl Policy {
         Self::parse(&yaml).map_err(policy_error)
     }
 
-    /// Allows the call, or says why not.
-    pub fn authorize(&self, identity: &ClientIdentity, path: &str) -> Result<(), Error> {
+    /// Allows the call, with the permission it needs, or says why not.
+    pub fn authorize(&self, identity: &ClientIdentity, path: &str) -> Result<Permission, Error> {
         let required = METHODS
             .iter()
             .find(|(method, _)| *method == path)
@@ -152,7 +154,7 @@ impl Policy {
             (Some(Role::Viewer), Permission::Write) | (None, _) => false,
         };
         if allowed {
-            Ok(())
+            Ok(required)
         } else {
             let role = self
                 .roles
@@ -165,11 +167,12 @@ impl Policy {
     }
 }
 
-/// Tower layer that authorizes every request and hands the [`ClientIdentity`] to the
-/// handlers through the request extensions.
+/// Tower layer that authorizes every request, limits each identity's writes, and hands
+/// the [`ClientIdentity`] to the handlers through the request extensions.
 #[derive(Clone)]
 pub struct AuthorizationLayer {
     pub policy: Shared<Policy>,
+    pub write_limiter: Arc<WriteLimiter>,
 }
 
 impl<S> tower::Layer<S> for AuthorizationLayer {
@@ -179,6 +182,7 @@ impl<S> tower::Layer<S> for AuthorizationLayer {
         Authorization {
             inner,
             policy: self.policy.clone(),
+            write_limiter: self.write_limiter.clone(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl<S> tower::Layer<S> for AuthorizationLayer {
 pub struct Authorization<S> {
     inner: S,
     policy: Shared<Policy>,
+    write_limiter: Arc<WriteLimiter>,
 }
 
 impl<S> Authorization<S> {
@@ -218,7 +223,17 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = request.uri().path();
         let decision = Self::identify(&request).and_then(|identity| {
-            match self.policy.current().authorize(&identity, method) {
+            let allowed =
+                self.policy
+                    .current()
+                    .authorize(&identity, method)
+                    .and_then(|permission| match permission {
+                        Permission::Write => self
+                            .write_limiter
+                            .acquire(&identity, std::time::Instant::now()),
+                        Permission::Read => Ok(()),
+                    });
+            match allowed {
                 Ok(()) => Ok(identity),
                 Err(error) => {
                     tracing::warn!(%identity, method, %error, "request denied");
@@ -271,6 +286,20 @@ bindings:
                     .is_ok()
             );
         }
+    }
+
+    #[test]
+    fn writes_are_told_apart_from_reads() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        let operator = identity("spiffe://setpoint.dev/operator");
+        assert_eq!(
+            policy.authorize(&operator, SET).ok(),
+            Some(Permission::Write)
+        );
+        assert_eq!(
+            policy.authorize(&operator, GET).ok(),
+            Some(Permission::Read)
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("TLS configuration: {0}")]
@@ -48,6 +50,7 @@ impl From<Error> for Status {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Kube(kube::Error::Api(status)) if status.is_conflict() => Code::Aborted,
             Error::Kube(kube::Error::Api(status)) if status.code == 429 => Code::ResourceExhausted,
             Error::Kube(kube::Error::Api(status)) if status.code >= 500 => Code::Unavailable,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod selector;
@@ -37,6 +38,7 @@ pub use crate::error::Error;
 use crate::authz::{AuthorizationLayer, Policy};
 use crate::cache::Cache;
 use crate::health::Readiness;
+use crate::limits::WriteLimiter;
 use crate::metrics::{ComponentLabels, Metrics, RpcMetricsLayer};
 use crate::reload::Reloader;
 use crate::service::ReplicaApi;
@@ -222,6 +224,7 @@ impl Server {
             .layer(RpcMetricsLayer(metrics))
             .layer(AuthorizationLayer {
                 policy: current_policy,
+                write_limiter: Arc::new(WriteLimiter::new(config.writes_per_minute)),
             })
             .add_service(health_service)
             .add_service(api)

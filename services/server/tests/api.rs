@@ -13,7 +13,8 @@ use setpoint_api::v1::{
 };
 use setpoint_reconciler::ReplicaSetpoint;
 use support::{
-    OPERATOR, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with, set_request,
+    OPERATOR, PIPELINE, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with,
+    set_request,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -128,6 +129,42 @@ async fn viewer_can_read_but_not_set() {
         .expect_err("viewer may not set");
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains(VIEWER), "{}", denied.message());
+}
+
+#[tokio::test]
+async fn writes_beyond_the_per_identity_limit_are_refused() {
+    let namespace = namespace_with("limited", &[("web", 1)]).await;
+    let server = Setpoint::start_with("setpoint", &["--writes-per-minute=2"]).await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+    for replicas in [2, 3] {
+        operator
+            .set_replicas(set_request(&namespace, "web", replicas))
+            .await
+            .expect("within the limit");
+    }
+    let refused = operator
+        .set_replicas(set_request(&namespace, "web", 4))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains(OPERATOR) && refused.message().contains("2 writes per minute"),
+        "{}",
+        refused.message()
+    );
+
+    // The refused write stored nothing; reads and other identities are not limited.
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+    let stored = setpoints.get("web").await.expect("setpoint");
+    assert_eq!(stored.spec.replicas, 3);
+    assert!(get(&mut operator, &namespace, "web").await.is_ok());
+    server
+        .client(PIPELINE)
+        .await
+        .set_replicas(set_request(&namespace, "web", 5))
+        .await
+        .expect("another identity has its own budget");
 }
 
 #[tokio::test]

@@ -82,14 +82,16 @@ pub async fn write_server_files(control_plane: &ControlPlane, dir: &Path) -> any
     Ok(())
 }
 
-/// Starts `server_bin` with the files of [`write_server_files`]; it logs to `log` (or
-/// this process's stdout and stderr) and is killed if the handle is dropped.
+/// Starts `server_bin` with the files of [`write_server_files`] and `extra_args`; it
+/// logs to `log` (or this process's stdout and stderr) and is killed if the handle is
+/// dropped.
 pub fn spawn_server(
     server_bin: &Path,
     dir: &Path,
     listen: SocketAddr,
     http_listen: SocketAddr,
     log: Option<&Path>,
+    extra_args: &[String],
 ) -> anyhow::Result<Child> {
     let pki = dir.join("pki");
     let mut command = Command::new(server_bin);
@@ -105,6 +107,7 @@ pub fn spawn_server(
         .arg(format!("--tls-key={}", pki.join("server.key").display()))
         .arg(format!("--client-ca={}", pki.join("ca.crt").display()))
         .arg(format!("--policy={}", dir.join("policy.yaml").display()))
+        .args(extra_args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -51,8 +51,14 @@ async fn main() -> anyhow::Result<()> {
     let pki = dir.join("pki");
 
     eprintln!("setpoint-dev: starting {}", args.server_bin.display());
-    let mut server =
-        devenv::spawn_server(&args.server_bin, &dir, args.listen, args.http_listen, None)?;
+    let mut server = devenv::spawn_server(
+        &args.server_bin,
+        &dir,
+        args.listen,
+        args.http_listen,
+        None,
+        &[],
+    )?;
     tokio::select! {
         ready = devenv::wait_until_ready(args.http_listen) => ready?,
         exited = server.wait() => anyhow::bail!("setpoint-server exited during start-up: {}", exited?),

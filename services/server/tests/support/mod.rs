@@ -26,6 +26,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 pub const OPERATOR: &str = "spiffe://setpoint.dev/operator";
 pub const VIEWER: &str = "spiffe://setpoint.dev/viewer";
 pub const STRANGER: &str = "spiffe://setpoint.dev/stranger";
+/// A second operator, e.g. a deploy pipeline.
+pub const PIPELINE: &str = "spiffe://setpoint.dev/pipeline";
 /// Short, so reload tests do not wait long.
 pub const RELOAD_INTERVAL: &str = "200ms";
 const VALIDITY: Duration = Duration::from_secs(3600);
@@ -33,7 +35,7 @@ const VALIDITY: Duration = Duration::from_secs(3600);
 pub const POLICY: &str = "
 bindings:
   - role: operator
-    identities: [spiffe://setpoint.dev/operator]
+    identities: [spiffe://setpoint.dev/operator, spiffe://setpoint.dev/pipeline]
   - role: viewer
     identities: [spiffe://setpoint.dev/viewer]
 ";
