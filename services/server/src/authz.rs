@@ -1,9 +1,10 @@
 //! Authentication and authorization of every RPC, in one tower layer: the caller's
 //! identity comes from its verified client certificate, the policy file decides which
-//! RPCs that identity may call, and writes are rate-limited per identity. Anything not
-//! granted is denied.
+//! RPCs that identity may call and in which namespaces, and writes are rate-limited per
+//! identity. Anything not granted is denied. The handlers receive a [`Caller`] and apply
+//! its namespace scope to the namespace a request names, which only they can read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -95,10 +96,55 @@ pub fn method_label(path: &str) -> &'static str {
         .map_or("unknown", |(method, _)| method)
 }
 
-/// Identity → role bindings, loaded from the policy file.
+/// The namespaces a binding grants its role in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Only(Arc<BTreeSet<String>>),
+}
+
+impl Scope {
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(namespaces) => namespaces.contains(namespace),
+        }
+    }
+}
+
+/// The authorized caller, handed to the handlers in the request extensions.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: ClientIdentity,
+    pub scope: Scope,
+}
+
+impl Caller {
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Self, Error> {
+        request
+            .extensions()
+            .get::<Self>()
+            .ok_or_else(|| Error::Unauthenticated("no authorized caller".into()))
+    }
+
+    /// Allows access to `namespace`, or says why not.
+    pub fn check(&self, namespace: &str) -> Result<(), Error> {
+        if self.scope.allows(namespace) {
+            return Ok(());
+        }
+        let error = Error::PermissionDenied(format!(
+            "identity {} may not access namespace {namespace}",
+            self.identity
+        ));
+        tracing::warn!(identity = %self.identity, namespace, %error, "request denied");
+        Err(error)
+    }
+}
+
+/// Identity → role and scope bindings, loaded from the policy file.
 #[derive(Debug, Default, PartialEq)]
 pub struct Policy {
-    roles: HashMap<String, Role>,
+    grants: HashMap<String, (Role, Scope)>,
 }
 
 #[derive(Deserialize)]
@@ -112,16 +158,28 @@ struct PolicyFile {
 struct Binding {
     role: Role,
     identities: Vec<String>,
+    /// Absent: every namespace.
+    namespaces: Option<BTreeSet<String>>,
 }
 
 impl Policy {
     pub fn parse(yaml: &str) -> Result<Self, String> {
         let file: PolicyFile = serde_saphyr::from_str(yaml).map_err(|error| error.to_string())?;
-        let mut roles = HashMap::new();
+        let mut grants = HashMap::new();
         for binding in file.bindings {
+            let scope = match binding.namespaces {
+                None => Scope::All,
+                Some(namespaces) => {
+                    for namespace in &namespaces {
+                        crate::validate::namespace(namespace).map_err(|error| error.to_string())?;
+                    }
+                    Scope::Only(Arc::new(namespaces))
+                }
+            };
             for identity in binding.identities {
-                if let Some(previous) = roles.insert(identity.clone(), binding.role) {
-                    // One role per identity keeps the policy easy to audit.
+                let grant = (binding.role, scope.clone());
+                if let Some((previous, _)) = grants.insert(identity.clone(), grant) {
+                    // One binding per identity keeps the policy easy to audit.
                     return Err(format!(
                         "identity {identity:?} is bound twice ({previous:?} and {:?})",
                         binding.role
@@ -129,7 +187,7 @@ impl Policy {
                 }
             }
         }
-        Ok(Self { roles })
+        Ok(Self { grants })
     }
 
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -142,33 +200,33 @@ impl Policy {
         Self::parse(&yaml).map_err(policy_error)
     }
 
-    /// Allows the call, with the permission it needs, or says why not.
-    pub fn authorize(&self, identity: &ClientIdentity, path: &str) -> Result<Permission, Error> {
+    /// Allows the call, with the permission it needs and the namespaces it may touch,
+    /// or says why not.
+    pub fn authorize(
+        &self,
+        identity: &ClientIdentity,
+        path: &str,
+    ) -> Result<(Permission, Scope), Error> {
         let required = METHODS
             .iter()
             .find(|(method, _)| *method == path)
             .map(|(_, permission)| *permission)
             .ok_or_else(|| Error::PermissionDenied(format!("method {path} is not allowed")))?;
-        let allowed = match (self.roles.get(&identity.0), required) {
-            (Some(Role::Operator), _) | (Some(Role::Viewer), Permission::Read) => true,
-            (Some(Role::Viewer), Permission::Write) | (None, _) => false,
-        };
-        if allowed {
-            Ok(required)
-        } else {
-            let role = self
-                .roles
-                .get(&identity.0)
-                .map_or("no role".to_owned(), |role| format!("role {role:?}"));
-            Err(Error::PermissionDenied(format!(
-                "identity {identity} ({role}) may not call {path}"
-            )))
+        match (self.grants.get(&identity.0), required) {
+            (Some((Role::Operator, scope)), _)
+            | (Some((Role::Viewer, scope)), Permission::Read) => Ok((required, scope.clone())),
+            (Some((role, _)), _) => Err(Error::PermissionDenied(format!(
+                "identity {identity} (role {role:?}) may not call {path}"
+            ))),
+            (None, _) => Err(Error::PermissionDenied(format!(
+                "identity {identity} (no role) may not call {path}"
+            ))),
         }
     }
 }
 
 /// Tower layer that authorizes every request, limits each identity's writes, and hands
-/// the [`ClientIdentity`] to the handlers through the request extensions.
+/// the [`Caller`] to the handlers through the request extensions.
 #[derive(Clone)]
 pub struct AuthorizationLayer {
     pub policy: Shared<Policy>,
@@ -223,18 +281,17 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = request.uri().path();
         let decision = Self::identify(&request).and_then(|identity| {
-            let allowed =
-                self.policy
-                    .current()
-                    .authorize(&identity, method)
-                    .and_then(|permission| match permission {
-                        Permission::Write => self
-                            .write_limiter
-                            .acquire(&identity, std::time::Instant::now()),
-                        Permission::Read => Ok(()),
-                    });
+            let allowed = self.policy.current().authorize(&identity, method).and_then(
+                |(permission, scope)| {
+                    if permission == Permission::Write {
+                        self.write_limiter
+                            .acquire(&identity, std::time::Instant::now())?;
+                    }
+                    Ok(scope)
+                },
+            );
             match allowed {
-                Ok(()) => Ok(identity),
+                Ok(scope) => Ok(Caller { identity, scope }),
                 Err(error) => {
                     tracing::warn!(%identity, method, %error, "request denied");
                     Err(error)
@@ -242,8 +299,8 @@ where
             }
         });
         match decision {
-            Ok(identity) => {
-                request.extensions_mut().insert(identity);
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
             Err(error) => {
@@ -292,14 +349,43 @@ bindings:
     fn writes_are_told_apart_from_reads() {
         let policy = Policy::parse(POLICY).expect("valid policy");
         let operator = identity("spiffe://setpoint.dev/operator");
+        let permission = |path| policy.authorize(&operator, path).ok().map(|(p, _)| p);
+        assert_eq!(permission(SET), Some(Permission::Write));
+        assert_eq!(permission(GET), Some(Permission::Read));
+    }
+
+    #[test]
+    fn bindings_may_be_scoped_to_namespaces() {
+        let policy = Policy::parse(
+            "
+bindings:
+  - role: operator
+    identities: [pipeline]
+    namespaces: [team-a, team-a-staging]
+  - role: operator
+    identities: [admin]
+",
+        )
+        .expect("valid policy");
+        let (_, scope) = policy
+            .authorize(&identity("pipeline"), SET)
+            .expect("operator");
+        assert!(scope.allows("team-a") && scope.allows("team-a-staging"));
+        assert!(!scope.allows("team-b"));
+        let (_, scope) = policy.authorize(&identity("admin"), SET).expect("operator");
+        assert_eq!(scope, Scope::All);
+
+        let caller = Caller {
+            identity: identity("pipeline"),
+            scope: Scope::Only(Arc::new(["team-a".into()].into())),
+        };
+        assert!(caller.check("team-a").is_ok());
+        let denied = caller.check("team-b").expect_err("out of scope");
         assert_eq!(
-            policy.authorize(&operator, SET).ok(),
-            Some(Permission::Write)
+            denied.to_string(),
+            "identity pipeline may not access namespace team-b"
         );
-        assert_eq!(
-            policy.authorize(&operator, GET).ok(),
-            Some(Permission::Read)
-        );
+        assert!(matches!(denied, Error::PermissionDenied(_)));
     }
 
     #[test]
@@ -341,6 +427,10 @@ bindings:
     fn bad_policies_are_rejected() {
         assert!(Policy::parse("bindings: [{role: admin, identities: [a]}]").is_err());
         assert!(Policy::parse("bindings: [{role: viewer, identites: [a]}]").is_err());
+        let bad_namespace =
+            Policy::parse("bindings: [{role: viewer, identities: [a], namespaces: [Team_A]}]")
+                .expect_err("not a namespace name");
+        assert!(bad_namespace.contains("Team_A"), "{bad_namespace}");
         assert!(
             Policy::parse(
                 "bindings: [{role: viewer, identities: [a]}, {role: operator, identities: [a]}]"

@@ -1,6 +1,7 @@
 //! The `setpoint.v1.ReplicaService` handlers: thin adapters between protobuf and the
 //! cache (reads) or the ReplicaSetpoint resource (writes). Authorization has already
-//! happened in [`crate::authz`]; errors become statuses in [`crate::error`].
+//! happened in [`crate::authz`]; the handlers only apply the caller's namespace scope to
+//! the namespace a request names. Errors become statuses in [`crate::error`].
 
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -14,7 +15,7 @@ use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::authz::ClientIdentity;
+use crate::authz::Caller;
 use crate::cache::Cache;
 use crate::validate::{self, DeploymentKey};
 use crate::view::{self, ListQuery};
@@ -34,7 +35,8 @@ impl ReplicaService for ReplicaApi {
         &self,
         request: Request<ListDeploymentsRequest>,
     ) -> Result<Response<ListDeploymentsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner())?))
+        let caller = Caller::of(&request)?.clone();
+        Ok(Response::new(self.list(&caller, request.into_inner())?))
     }
 
     async fn get_replicas(
@@ -42,6 +44,7 @@ impl ReplicaService for ReplicaApi {
         request: Request<GetReplicasRequest>,
     ) -> Result<Response<GetReplicasResponse>, Status> {
         let key = DeploymentKey::from_request(request.get_ref().deployment.as_ref())?;
+        Caller::of(&request)?.check(&key.namespace)?;
         let deployment = self
             .cache
             .deployment(&key)?
@@ -56,18 +59,15 @@ impl ReplicaService for ReplicaApi {
         &self,
         request: Request<SetReplicasRequest>,
     ) -> Result<Response<SetReplicasResponse>, Status> {
-        let identity = request
-            .extensions()
-            .get::<ClientIdentity>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no client identity"))?;
+        let caller = Caller::of(&request)?.clone();
+        let identity = &caller.identity;
         let request = request.into_inner();
         let target = request
             .deployment
             .as_ref()
             .map(|d| format!("{}/{}", d.namespace, d.name))
             .unwrap_or_default();
-        let result = self.set(request).await;
+        let result = self.set(&caller, request).await;
         // The audit trail: one event per mutating call, whatever its outcome.
         match &result {
             Ok((previous, response)) => tracing::info!(
@@ -92,11 +92,17 @@ impl ReplicaService for ReplicaApi {
 }
 
 impl ReplicaApi {
-    fn list(&self, request: ListDeploymentsRequest) -> Result<ListDeploymentsResponse, Error> {
+    fn list(
+        &self,
+        caller: &Caller,
+        request: ListDeploymentsRequest,
+    ) -> Result<ListDeploymentsResponse, Error> {
         if !request.namespace.is_empty() {
             validate::namespace(&request.namespace)?;
+            caller.check(&request.namespace)?;
         }
         let query = ListQuery {
+            scope: caller.scope.clone(),
             selector: crate::selector::parse(&request.label_selector)?,
             page_size: validate::page_size(request.page_size)?,
             after: view::decode_page_token(&request.page_token)?,
@@ -121,9 +127,11 @@ impl ReplicaApi {
     /// answer.
     async fn set(
         &self,
+        caller: &Caller,
         request: SetReplicasRequest,
     ) -> Result<(Option<i32>, SetReplicasResponse), Error> {
         let key = DeploymentKey::from_request(request.deployment.as_ref())?;
+        caller.check(&key.namespace)?;
         validate::replicas(request.replicas, self.max_replicas)?;
         let deployment = self
             .cache

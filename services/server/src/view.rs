@@ -13,6 +13,7 @@ use setpoint_api::v1::{DeploymentRef, DeploymentReplicas, ReconcileState};
 use setpoint_reconciler::ReplicaSetpoint;
 
 use crate::Error;
+use crate::authz::Scope;
 use crate::validate::{self, DeploymentKey};
 
 pub fn key_of(deployment: &Deployment) -> DeploymentKey {
@@ -97,8 +98,9 @@ fn reconcile_state(
 
 /// What ListDeployments selects.
 pub struct ListQuery {
-    /// Empty for all namespaces.
+    /// Empty for all namespaces (that `scope` allows).
     pub namespace: String,
+    pub scope: Scope,
     pub selector: Selector,
     pub page_size: usize,
     /// Only keys after this one (from the page token).
@@ -116,6 +118,7 @@ pub fn list_page(
         .map(|deployment| (key_of(&deployment), deployment))
         .filter(|(key, deployment)| {
             (query.namespace.is_empty() || key.namespace == query.namespace)
+                && query.scope.allows(&key.namespace)
                 && query.after.as_ref().is_none_or(|after| key > after)
                 && query.selector.matches(deployment.labels())
         })
@@ -191,6 +194,7 @@ mod tests {
     fn query(namespace: &str, selector: &str, page_size: usize) -> ListQuery {
         ListQuery {
             namespace: namespace.into(),
+            scope: Scope::All,
             selector: crate::selector::parse(selector).expect("selector"),
             page_size,
             after: None,
@@ -240,6 +244,22 @@ mod tests {
         );
         let (page, next) = list_page(all, &query("b", "app=web", 1));
         assert_eq!((names(&page), next), (vec!["b/web".to_string()], None));
+    }
+
+    #[test]
+    fn a_scoped_caller_lists_only_its_namespaces() {
+        let all = vec![
+            deployment("a", "web", "web"),
+            deployment("b", "web", "web"),
+            deployment("c", "web", "web"),
+        ];
+        let mut scoped = query("", "", 1);
+        scoped.scope = Scope::Only(Arc::new(["a".into(), "c".into()].into()));
+        let (page, next) = list_page(all.clone(), &scoped);
+        assert_eq!(names(&page), ["a/web"]);
+        scoped.after = next;
+        let (page, next) = list_page(all, &scoped);
+        assert_eq!((names(&page), next), (vec!["c/web".to_string()], None));
     }
 
     #[test]

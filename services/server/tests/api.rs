@@ -168,6 +168,57 @@ async fn writes_beyond_the_per_identity_limit_are_refused() {
 }
 
 #[tokio::test]
+async fn a_scoped_identity_reaches_only_its_namespaces() {
+    let own = namespace_with("team-a", &[("web", 1)]).await;
+    let other = namespace_with("team-b", &[("web", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    server.pki.write(
+        "policy.yaml",
+        &format!("bindings: [{{role: operator, identities: [{PIPELINE}], namespaces: [{own}]}}]"),
+    );
+    let mut pipeline = server.client(PIPELINE).await;
+    let denied = testenv::wait_for("the scoped policy to apply", || async {
+        let status = get(&mut pipeline.clone(), &other, "web").await.err()?;
+        (status.code() == Code::PermissionDenied).then_some(status)
+    })
+    .await;
+    assert!(denied.message().contains(&other), "{}", denied.message());
+
+    // Listing every namespace shows only its own; naming another is denied.
+    let listed = pipeline
+        .list_deployments(ListDeploymentsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .deployments;
+    let listed: Vec<_> = listed
+        .iter()
+        .filter_map(|d| d.deployment.as_ref())
+        .map(|d| format!("{}/{}", d.namespace, d.name))
+        .collect();
+    assert_eq!(listed, [format!("{own}/web")]);
+    let denied = pipeline
+        .list_deployments(list_in(&other))
+        .await
+        .expect_err("another namespace");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // Writes: its own namespace only, and a denied write stores nothing.
+    pipeline
+        .set_replicas(set_request(&own, "web", 2))
+        .await
+        .expect("own namespace");
+    let denied = pipeline
+        .set_replicas(set_request(&other, "web", 2))
+        .await
+        .expect_err("another namespace");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &other);
+    assert!(setpoints.get_opt("web").await.expect("get").is_none());
+}
+
+#[tokio::test]
 async fn unknown_identity_is_denied_everything() {
     let namespace = namespace_with("stranger", &[("web", 1)]).await;
     let server = Setpoint::start("setpoint").await;
