@@ -122,10 +122,15 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
     let namespace = setpoint
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    // A quorum read: its resourceVersion guards the scale write.
     let deployments = Api::<Deployment>::namespaced(context.client.clone(), &namespace);
     let deployment = deployments.get_opt(&name).await?;
+    // HPAs from the API server's watch cache ("any" resource version): a consistent list
+    // waits for that cache to catch up with etcd, which `make bench` measured at ~40 ms
+    // per reconcile. An HPA the cache has not seen yet triggers this controller when it
+    // arrives, and the next reconcile holds.
     let autoscaler = Api::<HorizontalPodAutoscaler>::namespaced(context.client.clone(), &namespace)
-        .list(&ListParams::default())
+        .list(&ListParams::default().match_any())
         .await?
         .items
         .into_iter()
