@@ -1,8 +1,8 @@
 //! Per-identity limit on writes: a token bucket for each caller, so one identity (or a
 //! stolen credential) cannot churn replica counts faster than `--writes-per-minute`.
-//! The authorization layer applies it after authorizing a write, so only identities the
-//! policy binds get a bucket and memory stays bounded by the policy. Each server replica
-//! counts on its own.
+//! The authorization layer applies it after authorizing a write, so only identities a
+//! policy has bound get a bucket (a few bytes each, kept until restart, also after a
+//! policy reload drops the identity). Each server replica counts on its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
