@@ -106,7 +106,7 @@ fmt: ## Format the Rust code
 
 .PHONY: crds
 crds: ## Regenerate k8s/base/crd.yaml from the Rust types
-	$(CARGO) run --quiet --locked -p setpoint-reconciler --bin crdgen > k8s/base/crd.yaml
+	$(CARGO) run --quiet --locked -p setpoint-k8s --bin crdgen > k8s/base/crd.yaml
 
 .PHONY: clean
 clean: ## Remove build output (the control-plane cache in ~/.cache/setpoint stays)

@@ -19,12 +19,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use setpoint_core::DeploymentKey;
+use setpoint_k8s::{
+    RECONCILER_FIELD_MANAGER, ReplicaSetpoint, autoscaler_target, key_of, spec_replicas,
+};
+
 use crate::decide::{Decision, Reason, Target, decide, next_status};
 use crate::metrics::{ReconcilerMetrics, ResultLabels};
-use crate::resource::ReplicaSetpoint;
-
-/// Field manager of Setpoint's writes.
-pub const FIELD_MANAGER: &str = "setpoint";
 /// Retry delays after errors: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -74,17 +75,12 @@ pub async fn run(client: Client, metrics: ReconcilerMetrics, instance: String) {
     .watches(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-        |deployment| same_name(&deployment, &deployment.name_any()),
+        |deployment| Some(setpoint_of(key_of(&deployment))),
     )
     .watches(
         Api::<HorizontalPodAutoscaler>::all(client),
         watcher::Config::default().any_semantic(),
-        |autoscaler| {
-            let target = &autoscaler.spec.scale_target_ref;
-            (target.kind == "Deployment")
-                .then(|| same_name(&autoscaler, &target.name))
-                .flatten()
-        },
+        |autoscaler| autoscaler_target(&autoscaler).map(setpoint_of),
     )
     .run(reconcile, error_policy, context)
     .for_each(|result| {
@@ -96,11 +92,16 @@ pub async fn run(client: Client, metrics: ReconcilerMetrics, instance: String) {
     .await;
 }
 
-/// The setpoint named `name` in `object`'s namespace.
-fn same_name(object: &impl Resource, name: &str) -> Option<ObjectRef<ReplicaSetpoint>> {
-    Some(ObjectRef::new(name).within(&object.namespace()?))
+/// The setpoint of the Deployment `key` (they share namespace and name).
+fn setpoint_of(key: DeploymentKey) -> ObjectRef<ReplicaSetpoint> {
+    ObjectRef::new(&key.name).within(&key.namespace)
 }
 
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(setpoint = %ObjectRef::from_obj(&*setpoint), generation = setpoint.metadata.generation)
+)]
 async fn reconcile(setpoint: Arc<ReplicaSetpoint>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_once(&setpoint, &context))
@@ -134,18 +135,11 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
         .await?
         .items
         .into_iter()
-        .find(|hpa| {
-            let target = &hpa.spec.scale_target_ref;
-            target.kind == "Deployment" && target.name == name
-        })
+        .find(|hpa| autoscaler_target(hpa).is_some_and(|target| target.name == name))
         .map(|hpa| hpa.name_any());
     let target = deployment.as_ref().map(|deployment| Target {
         uid: deployment.uid().unwrap_or_default(),
-        replicas: deployment
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.replicas)
-            .unwrap_or(1),
+        replicas: spec_replicas(deployment),
     });
 
     let decision = decide(setpoint, target.as_ref(), autoscaler.as_deref());
@@ -241,7 +235,7 @@ async fn scale(
         status: None,
     };
     let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
+        field_manager: Some(RECONCILER_FIELD_MANAGER.into()),
         ..PostParams::default()
     };
     match deployments.replace_scale(name, &params, &scale).await {
@@ -311,7 +305,10 @@ impl Context {
         Api::<ReplicaSetpoint>::namespaced(self.client.clone(), namespace)
             .patch_status(
                 &setpoint.name_any(),
-                &PatchParams::default(),
+                &PatchParams {
+                    field_manager: Some(RECONCILER_FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
                 &Patch::Merge(serde_json::json!({ "status": status })),
             )
             .await?;
@@ -340,5 +337,144 @@ impl Context {
         {
             tracing::warn!(%error, "recording an Event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+    use serde_json::{Value, json};
+    use setpoint_k8s::ReplicaSetpointSpec;
+    use testenv::fake;
+
+    use super::*;
+
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/team-a/deployments/web";
+
+    fn setpoint(replicas: i32) -> ReplicaSetpoint {
+        let mut setpoint = ReplicaSetpoint::new(
+            "web",
+            ReplicaSetpointSpec {
+                replicas,
+                deployment_uid: "uid-web".into(),
+            },
+        );
+        setpoint.metadata.namespace = Some("team-a".into());
+        setpoint.metadata.generation = Some(1);
+        setpoint
+    }
+
+    fn deployment(replicas: i32) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"namespace": "team-a", "name": "web", "uid": "uid-web", "resourceVersion": "42"},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+        })
+    }
+
+    fn no_autoscalers() -> Value {
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []})
+    }
+
+    fn context(client: Client) -> Arc<Context> {
+        Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "setpoint".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            metrics: ReconcilerMetrics::register(&mut Registry::default()),
+            failures: Mutex::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_scale_is_retried_soon_without_backoff() {
+        let (client, log) = fake::client(|request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
+            "GET" => (200, no_autoscalers()),
+            _ => (409, fake::status(409, "Conflict")),
+        });
+        let context = context(client);
+        let setpoint = Arc::new(setpoint(5));
+        let error = reconcile(setpoint.clone(), context.clone())
+            .await
+            .expect_err("409");
+        assert!(matches!(error, Error::Conflict), "{error}");
+        assert_eq!(
+            error_policy(setpoint, &error, context.clone()),
+            Action::requeue(CONFLICT_RETRY)
+        );
+        assert_eq!(context.failures().len(), 0, "a conflict is not a failure");
+        let requests = log.requests();
+        let put = requests.last().expect("the scale write");
+        assert_eq!(
+            (put.method.as_str(), put.uri.split('?').next()),
+            ("PUT", Some(format!("{DEPLOYMENT}/scale").as_str()))
+        );
+        assert_eq!(
+            put.body["metadata"]["resourceVersion"], "42",
+            "the write is conditional on what was read"
+        );
+        assert_eq!(put.body["spec"]["replicas"], 5);
+        assert!(
+            !log.calls().iter().any(|call| call.contains("/status")),
+            "no status is written for a conflict: {:?}",
+            log.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_fails_the_reconcile_and_backs_off() {
+        let (client, log) = fake::client(|request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(5)),
+            "GET" => (200, no_autoscalers()),
+            _ => (500, fake::status(500, "InternalError")),
+        });
+        let context = context(client);
+        let setpoint = Arc::new(setpoint(5));
+        let error = reconcile(setpoint.clone(), context.clone())
+            .await
+            .expect_err("status write failed");
+        assert!(matches!(error, Error::Kube(_)), "{error}");
+        assert_eq!(
+            log.calls().last().map(String::as_str),
+            Some("PATCH /apis/setpoint.dev/v1alpha1/namespaces/team-a/replicasetpoints/web/status")
+        );
+        assert_eq!(
+            error_policy(setpoint.clone(), &error, context.clone()),
+            Action::requeue(BACKOFF_FIRST)
+        );
+        assert_eq!(
+            error_policy(setpoint, &error, context),
+            Action::requeue(BACKOFF_FIRST * 2),
+            "backoff doubles"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_scale_is_reported_in_status() {
+        let (client, log) = fake::client(|request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
+            "GET" => (200, no_autoscalers()),
+            "PUT" => (403, fake::status(403, "Forbidden")),
+            _ => (200, request.body.clone()),
+        });
+        let error = reconcile(Arc::new(setpoint(5)), context(client))
+            .await
+            .expect_err("403");
+        assert!(matches!(error, Error::Kube(_)), "{error}");
+        let status = log
+            .requests()
+            .into_iter()
+            .find(|request| request.uri.contains("/status"))
+            .expect("a status write");
+        assert_eq!(
+            status.body["status"]["conditions"][0]["reason"],
+            "ScaleFailed"
+        );
     }
 }

@@ -4,7 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::resource::{CONDITION_RECONCILED, ReplicaSetpoint, ReplicaSetpointStatus};
+use setpoint_k8s::resource::CONDITION_RECONCILED;
+use setpoint_k8s::{ReplicaSetpoint, ReplicaSetpointStatus};
 
 /// The reasons of the `Reconciled` condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +131,7 @@ pub fn next_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ReplicaSetpointSpec;
+    use setpoint_k8s::ReplicaSetpointSpec;
 
     fn setpoint(desired: i32, applied: Option<i32>) -> ReplicaSetpoint {
         let mut setpoint = ReplicaSetpoint::new(

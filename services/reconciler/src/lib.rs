@@ -1,13 +1,9 @@
-//! Setpoint's desired state and the reconciler that applies it.
-//!
-//! [`ReplicaSetpoint`] holds the desired replica count of the Deployment with the same
-//! namespace and name; [`controller`] drives Deployments to it; [`lease`] makes sure
-//! only one replica of Setpoint does so.
+//! The reconciler: drives each Deployment to the replica count of its
+//! [`ReplicaSetpoint`](setpoint_k8s::ReplicaSetpoint). [`decide`] is the plain-Rust
+//! decision, [`controller`] the kube-runtime loop that reads, writes and reports.
+//! Whoever runs it (the server, while it holds the leader Lease) chooses where its
+//! [`metrics`] are registered.
 
 pub mod controller;
 pub mod decide;
-pub mod lease;
 pub mod metrics;
-pub mod resource;
-
-pub use resource::{ReplicaSetpoint, ReplicaSetpointSpec, ReplicaSetpointStatus};

@@ -1,4 +1,5 @@
-//! The reconciler's Prometheus metrics, registered into the server's registry.
+//! The reconciler's Prometheus metrics, registered where (and under which prefix) the
+//! caller chooses.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,8 +21,6 @@ pub struct ReconcilerMetrics {
     /// Setpoints waiting for a retry after an error (kube-runtime does not expose the
     /// depth of its own queue).
     pub backoff_objects: Gauge,
-    /// 1 while this process holds the lease and runs the reconciler.
-    pub leader: Gauge,
 }
 
 impl ReconcilerMetrics {
@@ -30,9 +29,7 @@ impl ReconcilerMetrics {
             reconciles: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             backoff_objects: Gauge::default(),
-            leader: Gauge::default(),
         };
-        let registry = registry.sub_registry_with_prefix("setpoint");
         registry.register(
             "reconciles",
             "Reconciles by result",
@@ -47,11 +44,6 @@ impl ReconcilerMetrics {
             "reconcile_backoff_objects",
             "Setpoints waiting to be retried after an error",
             metrics.backoff_objects.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the lease and reconciles",
-            metrics.leader.clone(),
         );
         metrics
     }

@@ -12,12 +12,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use setpoint_reconciler::ReplicaSetpoint;
+use setpoint_core::{DeploymentKey, Error};
+use setpoint_k8s::{ReplicaSetpoint, autoscaler_target};
 use tokio::task::JoinSet;
 
-use crate::Error;
 use crate::metrics::{KindLabels, Metrics};
-use crate::validate::DeploymentKey;
 
 #[derive(Clone)]
 pub struct Cache {
@@ -93,9 +92,7 @@ impl Cache {
         if self.is_synced() {
             Ok(())
         } else {
-            Err(Error::Unavailable(
-                "the watch cache has not synced with the Kubernetes API yet; retry shortly".into(),
-            ))
+            Err(Error::NotSynced)
         }
     }
 
@@ -121,11 +118,7 @@ impl Cache {
     /// The name of an HPA that scales the Deployment `key`, if any.
     pub fn autoscaler_of(&self, key: &DeploymentKey) -> Option<String> {
         self.autoscalers.state().iter().find_map(|autoscaler| {
-            let target = &autoscaler.spec.scale_target_ref;
-            (autoscaler.namespace().as_deref() == Some(key.namespace.as_str())
-                && target.kind == "Deployment"
-                && target.name == key.name)
-                .then(|| autoscaler.name_any())
+            (autoscaler_target(autoscaler).as_ref() == Some(key)).then(|| autoscaler.name_any())
         })
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::Client;
+use setpoint_api::v1::replica_service_server::SERVICE_NAME;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -17,8 +18,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBES_BEFORE_UNREADY: u32 = 3;
 /// How often readiness is re-evaluated (the cache may sync between probes).
 const EVALUATE_EVERY: Duration = Duration::from_secs(1);
-/// The gRPC service name the API is registered under.
-const SERVICE_NAME: &str = "setpoint.v1.ReplicaService";
 
 pub struct Readiness {
     cache: Cache,

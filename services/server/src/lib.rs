@@ -1,32 +1,40 @@
-//! Setpoint's server. [`Server::bind`] loads TLS material and the policy and binds both
-//! ports (failing fast on bad configuration); [`Server::run`] starts the watch cache,
-//! health probing, file reloading, leader election (the leader runs the reconciler) and
-//! both servers, and shuts everything down when the given signal fires.
+//! Setpoint's server, and the one place everything is wired and started.
+//! [`Server::bind`] loads TLS material and the policy and binds both ports (failing fast
+//! on bad configuration); [`Server::run`] starts the watch cache, health probing, file
+//! reloading, leader election (the leader runs the reconciler) and both servers, and
+//! shuts everything down when the given signal fires.
+//!
+//! Requests flow: [`tls`] → [`authz`] (identity, permission, rate limit) → [`grpc`]
+//! (protobuf ↔ domain) → [`replicas`] (reads from [`cache`], writes to the setpoint).
 
 pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod health;
 pub mod http;
-pub mod limits;
+pub mod identity;
+pub mod lease;
+pub mod methods;
 pub mod metrics;
 pub mod reload;
+pub mod replicas;
 pub mod selector;
-pub mod service;
 pub mod tls;
-pub mod validate;
 pub mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use setpoint_api::v1::replica_service_server::ReplicaServiceServer;
-use setpoint_reconciler::lease::{self, LeaseConfig};
+use setpoint_core::Policy;
+use setpoint_core::limits::WriteLimiter;
 use setpoint_reconciler::metrics::ReconcilerMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -35,13 +43,14 @@ use tower::util::MapRequestLayer;
 pub use crate::config::Config;
 pub use crate::error::Error;
 
-use crate::authz::{AuthorizationLayer, Policy};
+use crate::authz::AuthorizationLayer;
 use crate::cache::Cache;
+use crate::grpc::ReplicaApi;
 use crate::health::Readiness;
-use crate::limits::WriteLimiter;
+use crate::lease::LeaseConfig;
 use crate::metrics::{ComponentLabels, Metrics, RpcMetricsLayer};
 use crate::reload::Reloader;
-use crate::service::ReplicaApi;
+use crate::replicas::Replicas;
 use crate::tls::TlsFiles;
 
 /// Largest request message: requests are a few names and numbers.
@@ -54,6 +63,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The leader-election Lease, in `--lease-namespace`.
 const LEASE_NAME: &str = "setpoint-leader";
+/// Prefix of every metric name.
+const METRICS_PREFIX: &str = "setpoint";
 /// Time to stop the reconciler and release the Lease after the drain.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,8 +84,9 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let reconciler_metrics = ReconcilerMetrics::register(&mut registry);
+        let prefixed = registry.sub_registry_with_prefix(METRICS_PREFIX);
+        let metrics = Metrics::register(prefixed);
+        let reconciler_metrics = ReconcilerMetrics::register(prefixed);
         let files = TlsFiles {
             cert: config.tls_cert.clone(),
             key: config.tls_key.clone(),
@@ -90,7 +102,7 @@ impl Server {
         let policy = Reloader::new(
             "authorization policy",
             vec![policy_path.clone()],
-            move || Policy::load(&policy_path),
+            move || load_policy(&policy_path),
             metrics.reload_failures.clone(),
         )?;
 
@@ -183,7 +195,7 @@ impl Server {
         leadership.spawn(lease::run(
             reconciler_client.clone(),
             lease_config,
-            reconciler_metrics.leader.clone(),
+            metrics.leader.clone(),
             move || {
                 setpoint_reconciler::controller::run(
                     reconciler_client.clone(),
@@ -202,11 +214,11 @@ impl Server {
             }
         });
 
-        let api = ReplicaServiceServer::new(ReplicaApi {
+        let api = ReplicaServiceServer::new(ReplicaApi(Replicas {
             cache,
             client,
             max_replicas: config.max_replicas,
-        })
+        }))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let incoming = tls::incoming(
@@ -258,6 +270,17 @@ impl Server {
         tasks.shutdown().await;
         served
     }
+}
+
+fn load_policy(path: &Path) -> Result<Policy, Error> {
+    let yaml = std::fs::read_to_string(path).map_err(Error::io(format!(
+        "reading the authorization policy {}",
+        path.display()
+    )))?;
+    Policy::parse(&yaml).map_err(|source| Error::Policy {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A kube client whose requests count in `setpoint_kube_requests_total{component}`.

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub kube_requests: Family<ComponentLabels, Counter>,
     pub tls_handshake_failures: Counter,
     pub reload_failures: Counter,
+    /// 1 while this replica holds the Lease and runs the reconciler.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -58,8 +60,8 @@ impl Metrics {
             kube_requests: Family::default(),
             tls_handshake_failures: Counter::default(),
             reload_failures: Counter::default(),
+            leader: Gauge::default(),
         };
-        let registry = registry.sub_registry_with_prefix("setpoint");
         registry.register(
             "grpc_requests",
             "gRPC requests by method and status code",
@@ -94,6 +96,11 @@ impl Metrics {
             "reload_failures",
             "Changed TLS or policy files that failed to load (the previous version stays)",
             metrics.reload_failures.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and reconciles",
+            metrics.leader.clone(),
         );
         metrics
     }
@@ -134,7 +141,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = crate::authz::method_label(request.uri().path());
+        let method = crate::methods::label(request.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let response = self.inner.call(request);

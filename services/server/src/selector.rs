@@ -5,16 +5,15 @@ use std::collections::BTreeSet;
 
 use kube::core::{Expression, Selector};
 
-use crate::Error;
+use setpoint_core::Error;
 
 pub fn parse(text: &str) -> Result<Selector, Error> {
     split_requirements(text)?
         .into_iter()
         .map(|requirement| {
-            parse_requirement(requirement).map_err(|reason| {
-                Error::InvalidArgument(format!(
-                    "label_selector {text:?}: requirement {requirement:?} {reason}"
-                ))
+            parse_requirement(requirement).map_err(|reason| Error::InvalidSelector {
+                selector: text.into(),
+                reason: format!("requirement {requirement:?} {reason}"),
             })
         })
         .collect()
@@ -27,11 +26,7 @@ fn split_requirements(text: &str) -> Result<Vec<&str>, Error> {
     for (index, c) in text.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' => {
-                depth = depth.checked_sub(1).ok_or_else(|| {
-                    Error::InvalidArgument(format!("label_selector {text:?}: unbalanced ')'"))
-                })?
-            }
+            ')' => depth = depth.checked_sub(1).ok_or_else(|| unbalanced(text, ')'))?,
             ',' if depth == 0 => {
                 requirements.push(text[start..index].trim());
                 start = index + 1;
@@ -40,15 +35,20 @@ fn split_requirements(text: &str) -> Result<Vec<&str>, Error> {
         }
     }
     if depth != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "label_selector {text:?}: unbalanced '('"
-        )));
+        return Err(unbalanced(text, '('));
     }
     let last = text[start..].trim();
     if !(last.is_empty() && requirements.is_empty()) {
         requirements.push(last);
     }
     Ok(requirements)
+}
+
+fn unbalanced(text: &str, parenthesis: char) -> Error {
+    Error::InvalidSelector {
+        selector: text.into(),
+        reason: format!("unbalanced '{parenthesis}'"),
+    }
 }
 
 fn parse_requirement(text: &str) -> Result<Expression, String> {
@@ -175,7 +175,7 @@ mod tests {
             "app=web,",
         ] {
             assert!(
-                matches!(parse(selector), Err(Error::InvalidArgument(_))),
+                matches!(parse(selector), Err(Error::InvalidSelector { .. })),
                 "{selector} should be rejected"
             );
         }

@@ -53,8 +53,9 @@ pub fn crypto_provider() -> CryptoProvider {
 }
 
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
-    let tls_error = |path: &Path, error: &dyn std::fmt::Display| {
-        Error::Tls(format!("{}: {error}", path.display()))
+    let tls_error = |path: &Path, error: &dyn std::fmt::Display| Error::Tls {
+        path: path.to_owned(),
+        reason: error.to_string(),
     };
     let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, Error> {
         let certs = CertificateDer::pem_file_iter(path)
@@ -80,7 +81,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
         PrivateKeyDer::from_pem_file(&files.key).map_err(|error| tls_error(&files.key, &error))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|error| Error::Tls(error.to_string()))?
+        .map_err(|error| tls_error(&files.cert, &error))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&files.cert)?, key)
         .map_err(|error| tls_error(&files.cert, &error))?;

@@ -1,6 +1,7 @@
-//! How cached objects look through the API: one Deployment with its setpoint becomes a
-//! `DeploymentReplicas`; listing filters, orders and pages the cache. Plain functions
-//! over cached objects, unit-tested without a cluster.
+//! The read model: how a cached Deployment and its setpoint look to a caller
+//! ([`DeploymentView`], with the reconcile state worked out from the setpoint's status),
+//! and how listing filters, orders and pages the cache. Plain functions over cached
+//! objects, unit-tested without a cluster; the gRPC edge turns views into messages.
 
 use std::sync::Arc;
 
@@ -9,53 +10,55 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
-use setpoint_api::v1::{DeploymentRef, DeploymentReplicas, ReconcileState};
-use setpoint_reconciler::ReplicaSetpoint;
+use setpoint_core::key::{validate_name, validate_namespace};
+use setpoint_core::{DeploymentKey, Error, Scope};
+use setpoint_k8s::{ReplicaSetpoint, key_of, setpoint_version, spec_replicas};
 
-use crate::Error;
-use crate::authz::Scope;
-use crate::validate::{self, DeploymentKey};
-
-pub fn key_of(deployment: &Deployment) -> DeploymentKey {
-    DeploymentKey {
-        namespace: deployment.namespace().unwrap_or_default(),
-        name: deployment.name_any(),
-    }
+/// Where reconciling a Deployment to its setpoint stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileState {
+    /// No setpoint: Setpoint leaves the Deployment alone.
+    Unmanaged,
+    /// The reconciler has not processed the setpoint's current generation yet.
+    Pending,
+    Reconciled,
+    ManagedByHpa,
+    /// The setpoint was made for an earlier Deployment with this name.
+    TargetReplaced,
+    Failed,
 }
 
-/// The opaque version of a setpoint: changes whenever its spec does (generation), and
-/// never repeats across delete and recreate (UID).
-pub fn version(setpoint: &ReplicaSetpoint) -> String {
-    format!(
-        "{}/{}",
-        setpoint.uid().unwrap_or_default(),
-        setpoint.metadata.generation.unwrap_or_default()
-    )
+/// A Deployment's replica counts and its setpoint, as of the cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentView {
+    pub key: DeploymentKey,
+    pub uid: String,
+    pub spec_replicas: i32,
+    pub ready_replicas: i32,
+    pub available_replicas: i32,
+    pub updated_replicas: i32,
+    /// The setpoint's desired replicas; `None` when unmanaged.
+    pub desired_replicas: Option<i32>,
+    pub state: ReconcileState,
+    pub message: String,
+    /// The setpoint's version ([`setpoint_version`]); empty when unmanaged.
+    pub version: String,
 }
 
-pub fn replicas(deployment: &Deployment, setpoint: Option<&ReplicaSetpoint>) -> DeploymentReplicas {
-    let key = key_of(deployment);
+pub fn view(deployment: &Deployment, setpoint: Option<&ReplicaSetpoint>) -> DeploymentView {
     let status = deployment.status.clone().unwrap_or_default();
     let (state, message) = reconcile_state(deployment, setpoint);
-    DeploymentReplicas {
-        deployment: Some(DeploymentRef {
-            namespace: key.namespace,
-            name: key.name,
-        }),
+    DeploymentView {
+        key: key_of(deployment),
         uid: deployment.uid().unwrap_or_default(),
-        spec_replicas: deployment
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.replicas)
-            // Kubernetes defaults an unset spec.replicas to 1.
-            .unwrap_or(1),
+        spec_replicas: spec_replicas(deployment),
         ready_replicas: status.ready_replicas.unwrap_or(0),
         available_replicas: status.available_replicas.unwrap_or(0),
         updated_replicas: status.updated_replicas.unwrap_or(0),
         desired_replicas: setpoint.map(|setpoint| setpoint.spec.replicas),
-        reconcile_state: state.into(),
-        reconcile_message: message,
-        version: setpoint.map(version).unwrap_or_default(),
+        state,
+        message,
+        version: setpoint.map(setpoint_version).unwrap_or_default(),
     }
 }
 
@@ -115,7 +118,7 @@ pub fn list_page(
 ) -> (Vec<Arc<Deployment>>, Option<DeploymentKey>) {
     let mut matching: Vec<(DeploymentKey, Arc<Deployment>)> = deployments
         .into_iter()
-        .map(|deployment| (key_of(&deployment), deployment))
+        .map(|deployment| (key_of(&*deployment), deployment))
         .filter(|(key, deployment)| {
             (query.namespace.is_empty() || key.namespace == query.namespace)
                 && query.scope.allows(&key.namespace)
@@ -144,19 +147,15 @@ pub fn decode_page_token(token: &str) -> Result<Option<DeploymentKey>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || {
-        Error::InvalidArgument(
-            "page_token is not a next_page_token from a previous ListDeployments response".into(),
-        )
-    };
+    let invalid = || Error::InvalidPageToken;
     let text = URL_SAFE_NO_PAD
         .decode(token)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(invalid)?;
     let (namespace, name) = text.split_once('/').ok_or_else(invalid)?;
-    validate::namespace(namespace).map_err(|_| invalid())?;
-    validate::subdomain("name", name).map_err(|_| invalid())?;
+    validate_namespace(namespace).map_err(|_| invalid())?;
+    validate_name("name", name).map_err(|_| invalid())?;
     Ok(Some(DeploymentKey {
         namespace: namespace.into(),
         name: name.into(),
@@ -170,7 +169,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::DeploymentSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use kube::api::ObjectMeta;
-    use setpoint_reconciler::{ReplicaSetpointSpec, ReplicaSetpointStatus};
+    use setpoint_k8s::{ReplicaSetpointSpec, ReplicaSetpointStatus};
 
     use super::*;
 
@@ -202,7 +201,7 @@ mod tests {
     }
 
     fn names(page: &[Arc<Deployment>]) -> Vec<String> {
-        page.iter().map(|d| key_of(d).to_string()).collect()
+        page.iter().map(|d| key_of(&**d).to_string()).collect()
     }
 
     #[test]
@@ -266,7 +265,7 @@ mod tests {
     fn garbage_page_tokens_are_invalid_arguments() {
         for token in ["%%%", "bm8tc2xhc2g", &URL_SAFE_NO_PAD.encode("Bad/NAME")] {
             assert!(
-                matches!(decode_page_token(token), Err(Error::InvalidArgument(_))),
+                matches!(decode_page_token(token), Err(Error::InvalidPageToken)),
                 "{token}"
             );
         }
@@ -301,9 +300,7 @@ mod tests {
     #[test]
     fn reconcile_state_follows_the_setpoint_status() {
         let web = deployment("a", "web", "web");
-        let state = |setpoint: Option<&ReplicaSetpoint>| {
-            ReconcileState::try_from(replicas(&web, setpoint).reconcile_state).expect("known")
-        };
+        let state = |setpoint: Option<&ReplicaSetpoint>| view(&web, setpoint).state;
         assert_eq!(state(None), ReconcileState::Unmanaged);
         assert_eq!(
             state(Some(&setpoint("uid-web", 1, None))),
@@ -355,12 +352,12 @@ mod tests {
     #[test]
     fn replicas_report_spec_desired_and_version() {
         let web = deployment("a", "web", "web");
-        let answer = replicas(&web, Some(&setpoint("uid-web", 3, None)));
+        let answer = view(&web, Some(&setpoint("uid-web", 3, None)));
         assert_eq!(answer.spec_replicas, 2);
         assert_eq!(answer.desired_replicas, Some(5));
         assert_eq!(answer.version, "setpoint-uid/3");
         assert_eq!(answer.uid, "uid-web");
-        let unmanaged = replicas(&web, None);
+        let unmanaged = view(&web, None);
         assert_eq!(
             (unmanaged.desired_replicas, unmanaged.version),
             (None, String::new())

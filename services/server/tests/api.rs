@@ -11,7 +11,7 @@ use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{
     DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState, SetReplicasRequest,
 };
-use setpoint_reconciler::ReplicaSetpoint;
+use setpoint_k8s::ReplicaSetpoint;
 use support::{
     OPERATOR, PIPELINE, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with,
     set_request,
@@ -98,7 +98,10 @@ async fn operator_can_list_get_and_set() {
         .into_iter()
         .filter_map(|entry| entry.manager)
         .collect();
-    assert!(managers.contains(&"setpoint".to_string()), "{managers:?}");
+    assert!(
+        managers.contains(&"setpoint-api".to_string()),
+        "{managers:?}"
+    );
 
     // Reads catch up through the watch cache.
     testenv::wait_for("the setpoint to reach the cache", || async {

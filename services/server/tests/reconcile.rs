@@ -8,7 +8,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use setpoint_api::v1::{GetReplicasRequest, ReconcileState};
-use setpoint_reconciler::{ReplicaSetpoint, ReplicaSetpointSpec};
+use setpoint_k8s::{ReplicaSetpoint, ReplicaSetpointSpec};
 use support::{
     OPERATOR, Setpoint, admin, autoscaler_for, events, namespace_with, scale_externally,
     set_request, spec_replicas, wait_for_replicas,

@@ -7,7 +7,10 @@
 //! belong in a test binary of their own, since they disrupt every test sharing it.
 //!
 //! There is no kubelet, scheduler or network: Pods are stored but stay `Pending`.
+//!
+//! Where a real control plane is overkill, [`fake`] scripts the API server's answers.
 
+pub mod fake;
 mod pki;
 mod process;
 

@@ -3,7 +3,7 @@
 #[test]
 fn committed_crd_matches_the_rust_types() {
     let committed = include_str!("../../../k8s/base/crd.yaml");
-    let generated = setpoint_reconciler::resource::crd_yaml().expect("the CRD serializes");
+    let generated = setpoint_k8s::resource::crd_yaml().expect("the CRD serializes");
     assert!(
         committed == generated,
         "k8s/base/crd.yaml is stale: run `make crds` and commit the result"

@@ -1,16 +1,15 @@
-//! Input validation for API requests: Kubernetes names, replica bounds and paging.
-//! Plain functions, so every rule is unit-tested without a server.
+//! Deployment keys and the validation of everything a request names: Kubernetes names,
+//! replica bounds and page sizes. Plain functions, so every rule is unit-tested without
+//! a server.
 
-use setpoint_api::v1::DeploymentRef;
-
-use crate::Error;
+use crate::error::{Error, NameRule};
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: usize = 500;
 
-/// A validated `namespace/name` of a Deployment.
+/// A validated `namespace/name` of a Deployment (and of its setpoint, which shares it).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeploymentKey {
     pub namespace: String,
@@ -24,39 +23,39 @@ impl std::fmt::Display for DeploymentKey {
 }
 
 impl DeploymentKey {
-    pub fn from_request(deployment: Option<&DeploymentRef>) -> Result<Self, Error> {
-        let deployment =
-            deployment.ok_or_else(|| Error::InvalidArgument("deployment is required".into()))?;
-        namespace(&deployment.namespace)?;
-        subdomain("deployment name", &deployment.name)?;
+    pub fn new(namespace: &str, name: &str) -> Result<Self, Error> {
+        validate_namespace(namespace)?;
+        validate_name("deployment name", name)?;
         Ok(Self {
-            namespace: deployment.namespace.clone(),
-            name: deployment.name.clone(),
+            namespace: namespace.into(),
+            name: name.into(),
         })
     }
 }
 
 /// A namespace is a DNS-1123 label: at most 63 of `a-z0-9-`, alphanumeric at both ends.
-pub fn namespace(value: &str) -> Result<(), Error> {
+pub fn validate_namespace(value: &str) -> Result<(), Error> {
     if is_dns1123_label(value) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "namespace {value:?} is not a valid DNS-1123 label (lowercase letters, digits and \
-             '-', at most 63 characters, starting and ending with a letter or digit)"
-        )))
+        Err(Error::InvalidName {
+            field: "namespace",
+            value: value.into(),
+            rule: NameRule::Dns1123Label,
+        })
     }
 }
 
 /// An object name is a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn subdomain(what: &str, value: &str) -> Result<(), Error> {
+pub fn validate_name(field: &'static str, value: &str) -> Result<(), Error> {
     if value.len() <= 253 && value.split('.').all(is_dns1123_label) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "{what} {value:?} is not a valid DNS-1123 subdomain (lowercase letters, digits, \
-             '-' and '.', at most 253 characters)"
-        )))
+        Err(Error::InvalidName {
+            field,
+            value: value.into(),
+            rule: NameRule::Dns1123Subdomain,
+        })
     }
 }
 
@@ -71,23 +70,23 @@ fn is_dns1123_label(value: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-pub fn replicas(value: i32, max: i32) -> Result<(), Error> {
+pub fn validate_replicas(value: i32, max: i32) -> Result<(), Error> {
     if (0..=max).contains(&value) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "replicas must be between 0 and {max}, got {value}"
-        )))
+        Err(Error::ReplicasOutOfRange { value, max })
     }
 }
 
+/// The page size a request asks for; 0 means the default.
 pub fn page_size(value: i32) -> Result<usize, Error> {
     match usize::try_from(value) {
         Ok(0) => Ok(DEFAULT_PAGE_SIZE),
         Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
-        _ => Err(Error::InvalidArgument(format!(
-            "page_size must be between 0 and {MAX_PAGE_SIZE}, got {value}"
-        ))),
+        _ => Err(Error::PageSizeOutOfRange {
+            value,
+            max: MAX_PAGE_SIZE,
+        }),
     }
 }
 
@@ -95,18 +94,11 @@ pub fn page_size(value: i32) -> Result<usize, Error> {
 mod tests {
     use super::*;
 
-    fn key(namespace: &str, name: &str) -> Result<DeploymentKey, Error> {
-        DeploymentKey::from_request(Some(&DeploymentRef {
-            namespace: namespace.into(),
-            name: name.into(),
-        }))
-    }
-
     #[test]
     fn valid_names_are_accepted() {
-        assert!(key("default", "web").is_ok());
-        assert!(key("team-a", "web.v2-canary").is_ok());
-        assert!(key(&"a".repeat(63), &[&"b".repeat(63)[..]; 3].join(".")).is_ok());
+        assert!(DeploymentKey::new("default", "web").is_ok());
+        assert!(DeploymentKey::new("team-a", "web.v2-canary").is_ok());
+        assert!(DeploymentKey::new(&"a".repeat(63), &[&"b".repeat(63)[..]; 3].join(".")).is_ok());
     }
 
     #[test]
@@ -123,21 +115,26 @@ mod tests {
             ("default", "web.", "deployment name"),
             ("default", &"a".repeat(254), "deployment name"),
         ] {
-            let error = key(namespace, name).expect_err(name);
+            let error = DeploymentKey::new(namespace, name).expect_err(name);
             assert!(
-                matches!(&error, Error::InvalidArgument(message) if message.starts_with(field)),
+                matches!(&error, Error::InvalidName { field: named, .. } if *named == field),
                 "{namespace}/{name}: {error}"
             );
+            assert!(error.to_string().starts_with(field), "{error}");
         }
-        assert!(DeploymentKey::from_request(None).is_err());
     }
 
     #[test]
     fn replicas_are_bounded() {
-        assert!(replicas(0, 1000).is_ok());
-        assert!(replicas(1000, 1000).is_ok());
-        assert!(replicas(-1, 1000).is_err());
-        assert!(replicas(1001, 1000).is_err());
+        assert!(validate_replicas(0, 1000).is_ok());
+        assert!(validate_replicas(1000, 1000).is_ok());
+        assert!(validate_replicas(-1, 1000).is_err());
+        assert_eq!(
+            validate_replicas(1001, 1000)
+                .expect_err("too many")
+                .to_string(),
+            "replicas must be between 0 and 1000, got 1001"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Per-identity limit on writes: a token bucket for each caller, so one identity (or a
 //! stolen credential) cannot churn replica counts faster than `--writes-per-minute`.
-//! The authorization layer applies it after authorizing a write, so only identities a
-//! policy has bound get a bucket (a few bytes each, kept until restart, also after a
+//! Only identities a policy has bound reach it, so the map holds at most the identities
+//! any policy bound since start (a few bytes each, kept until restart, also after a
 //! policy reload drops the identity). Each server replica counts on its own.
 
 use std::collections::HashMap;
@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::authz::ClientIdentity;
+use crate::access::ClientIdentity;
 
 pub struct WriteLimiter {
     /// Bucket size, and refills per minute.
-    per_minute: f64,
+    per_minute: u32,
     buckets: Mutex<HashMap<ClientIdentity, Bucket>>,
 }
 
@@ -26,35 +26,35 @@ impl WriteLimiter {
     /// Bursts of up to `per_minute` writes, then one every `60 / per_minute` seconds.
     pub fn new(per_minute: u32) -> Self {
         Self {
-            per_minute: f64::from(per_minute.max(1)),
+            per_minute: per_minute.max(1),
             buckets: Mutex::default(),
         }
     }
 
     /// Takes one write from `identity`'s bucket at `now`, or says when to retry.
     pub fn acquire(&self, identity: &ClientIdentity, now: Instant) -> Result<(), Error> {
+        let size = f64::from(self.per_minute);
         // A panic while holding the lock leaves consistent (if stale) buckets.
         let mut buckets = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = buckets.entry(identity.clone()).or_insert(Bucket {
-            tokens: self.per_minute,
+            tokens: size,
             updated: now,
         });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        bucket.tokens = (bucket.tokens + elapsed * size / 60.0).min(size);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let retry = Duration::from_secs_f64((1.0 - bucket.tokens) * 60.0 / self.per_minute);
-        Err(Error::ResourceExhausted(format!(
-            "identity {identity} exceeded {} writes per minute; retry in {:.1}s",
-            self.per_minute,
-            retry.as_secs_f64()
-        )))
+        Err(Error::RateLimited {
+            identity: identity.clone(),
+            per_minute: self.per_minute,
+            retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) * 60.0 / size),
+        })
     }
 }
 
@@ -76,7 +76,7 @@ mod tests {
         let refused = limiter
             .acquire(&pipeline, start)
             .expect_err("over the limit");
-        assert!(matches!(&refused, Error::ResourceExhausted(_)));
+        assert!(matches!(&refused, Error::RateLimited { .. }));
         assert_eq!(
             refused.to_string(),
             "identity pipeline exceeded 3 writes per minute; retry in 20.0s"

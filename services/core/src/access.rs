@@ -1,0 +1,111 @@
+//! Who is calling and what they may touch: the verified [`ClientIdentity`], the
+//! [`Role`] a policy binds it to, the [`Permission`] an RPC needs and the namespace
+//! [`Scope`] of a binding, handed to the domain as one [`Caller`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The verified identity of a caller (for mTLS: its certificate's first URI SAN, else
+/// its CN).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientIdentity(pub String);
+
+impl std::fmt::Display for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: ListDeployments, GetReplicas, health.
+    Viewer,
+    /// Everything a viewer may do, and writes: SetReplicas.
+    Operator,
+}
+
+impl Role {
+    pub fn grants(self, permission: Permission) -> bool {
+        match self {
+            Self::Operator => true,
+            Self::Viewer => permission == Permission::Read,
+        }
+    }
+}
+
+/// What an RPC needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Write,
+}
+
+/// The namespaces a binding grants its role in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Only(Arc<BTreeSet<String>>),
+}
+
+impl Scope {
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(namespaces) => namespaces.contains(namespace),
+        }
+    }
+}
+
+/// An authorized caller: who it is and where its role applies.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: ClientIdentity,
+    pub scope: Scope,
+}
+
+impl Caller {
+    /// Allows access to `namespace`, or says why not.
+    pub fn check(&self, namespace: &str) -> Result<(), Error> {
+        if self.scope.allows(namespace) {
+            return Ok(());
+        }
+        let error = Error::OutOfScope {
+            identity: self.identity.clone(),
+            namespace: namespace.into(),
+        };
+        tracing::warn!(identity = %self.identity, namespace, %error, "request denied");
+        Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scoped_caller_reaches_only_its_namespaces() {
+        let caller = Caller {
+            identity: ClientIdentity("pipeline".into()),
+            scope: Scope::Only(Arc::new(["team-a".into()].into())),
+        };
+        assert!(caller.check("team-a").is_ok());
+        let denied = caller.check("team-b").expect_err("out of scope");
+        assert_eq!(
+            denied.to_string(),
+            "identity pipeline may not access namespace team-b"
+        );
+        assert!(matches!(denied, Error::OutOfScope { .. }));
+    }
+
+    #[test]
+    fn viewers_read_and_operators_also_write() {
+        assert!(Role::Viewer.grants(Permission::Read));
+        assert!(!Role::Viewer.grants(Permission::Write));
+        assert!(Role::Operator.grants(Permission::Write));
+    }
+}

@@ -1,0 +1,113 @@
+//! What can go wrong in Setpoint's domain. Each variant names a fact (the name is
+//! invalid, the caller is out of scope, an autoscaler owns the Deployment); the
+//! transports decide how to report it (the gRPC edge maps each to a status code).
+
+use std::time::Duration;
+
+use crate::access::{ClientIdentity, Role};
+use crate::key::DeploymentKey;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A namespace or object name breaks the Kubernetes naming rules.
+    #[error("{field} {value:?} is not a valid {rule}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        rule: NameRule,
+    },
+    #[error("deployment is required")]
+    MissingDeployment,
+    #[error("replicas must be between 0 and {max}, got {value}")]
+    ReplicasOutOfRange { value: i32, max: i32 },
+    #[error("page_size must be between 0 and {max}, got {value}")]
+    PageSizeOutOfRange { value: i32, max: usize },
+    #[error("page_token is not a next_page_token from a previous ListDeployments response")]
+    InvalidPageToken,
+    #[error("label_selector {selector:?}: {reason}")]
+    InvalidSelector { selector: String, reason: String },
+
+    /// The caller presented no usable identity.
+    #[error("{0}")]
+    NoIdentity(String),
+    /// The RPC is not in the authorization table.
+    #[error("method {0} is not allowed")]
+    UnknownMethod(String),
+    /// The caller's role (if it has one) does not include the RPC.
+    #[error("identity {identity} ({}) may not call {method}", role_text(*.role))]
+    NotPermitted {
+        identity: ClientIdentity,
+        role: Option<Role>,
+        method: String,
+    },
+    /// The caller's binding does not cover this namespace.
+    #[error("identity {identity} may not access namespace {namespace}")]
+    OutOfScope {
+        identity: ClientIdentity,
+        namespace: String,
+    },
+    /// The caller spent its write budget.
+    #[error(
+        "identity {identity} exceeded {per_minute} writes per minute; retry in {:.1}s",
+        retry_after.as_secs_f64()
+    )]
+    RateLimited {
+        identity: ClientIdentity,
+        per_minute: u32,
+        retry_after: Duration,
+    },
+
+    /// The watch cache has not completed its first list, so it cannot answer yet.
+    #[error("the watch cache has not synced with the Kubernetes API yet; retry shortly")]
+    NotSynced,
+    #[error("deployment {0} not found")]
+    DeploymentNotFound(DeploymentKey),
+    /// A HorizontalPodAutoscaler scales the Deployment; Setpoint does not fight it.
+    #[error(
+        "deployment {key} is scaled by HorizontalPodAutoscaler {autoscaler}; change its \
+         minReplicas/maxReplicas instead"
+    )]
+    ManagedByAutoscaler {
+        key: DeploymentKey,
+        autoscaler: String,
+    },
+    /// The caller's `expected_version` is not the setpoint's current version.
+    #[error(
+        "the setpoint of {key} is at version {actual:?}, not the expected {expected:?}; read \
+         it again and retry"
+    )]
+    VersionMismatch {
+        key: DeploymentKey,
+        actual: String,
+        expected: String,
+    },
+    /// Other writers changed the setpoint under every attempt of a write.
+    #[error("the setpoint of {key} kept changing during {attempts} attempts; retry")]
+    WriteContention { key: DeploymentKey, attempts: usize },
+}
+
+fn role_text(role: Option<Role>) -> String {
+    role.map_or_else(|| "no role".into(), |role| format!("role {role:?}"))
+}
+
+/// The Kubernetes naming rule a value breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    Dns1123Label,
+    Dns1123Subdomain,
+}
+
+impl std::fmt::Display for NameRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dns1123Label => {
+                "DNS-1123 label (lowercase letters, digits and '-', at most 63 characters, \
+                 starting and ending with a letter or digit)"
+            }
+            Self::Dns1123Subdomain => {
+                "DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253 \
+                 characters)"
+            }
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! Setpoint's domain, in plain Rust: what a Deployment key is and which names, replica
+//! counts and page sizes are valid ([`key`]); who a caller is, what roles and namespace
+//! scopes mean and how the policy file binds them ([`access`], [`policy`]); the
+//! per-identity write budget ([`limits`]); and the errors that say what went wrong
+//! ([`Error`]). Transports decide how to report them; nothing here knows Kubernetes or
+//! gRPC.
+
+pub mod access;
+pub mod error;
+pub mod key;
+pub mod limits;
+pub mod policy;
+
+pub use access::{Caller, ClientIdentity, Permission, Role, Scope};
+pub use error::Error;
+pub use key::DeploymentKey;
+pub use policy::{Policy, PolicyError};

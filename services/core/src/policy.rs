@@ -1,0 +1,219 @@
+//! The authorization policy: which identity has which role, in which namespaces. Loaded
+//! from YAML; anything it does not bind is denied.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::access::{ClientIdentity, Permission, Role, Scope};
+use crate::key::validate_namespace;
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("not a valid policy: {0}")]
+    Syntax(#[source] Box<serde_saphyr::Error>),
+    #[error("binding for {role:?}: {source}")]
+    Namespace {
+        role: Role,
+        #[source]
+        source: Box<Error>,
+    },
+    /// One binding per identity keeps the policy easy to audit.
+    #[error("identity {identity:?} is bound twice ({first:?} and {second:?})")]
+    BoundTwice {
+        identity: String,
+        first: Role,
+        second: Role,
+    },
+}
+
+/// Identity → role and scope bindings.
+#[derive(Debug, Default, PartialEq)]
+pub struct Policy {
+    grants: HashMap<String, (Role, Scope)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    bindings: Vec<Binding>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Binding {
+    role: Role,
+    identities: Vec<String>,
+    /// Absent: every namespace.
+    namespaces: Option<BTreeSet<String>>,
+}
+
+impl Policy {
+    pub fn parse(yaml: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            serde_saphyr::from_str(yaml).map_err(|error| PolicyError::Syntax(Box::new(error)))?;
+        let mut grants = HashMap::new();
+        for binding in file.bindings {
+            let scope = match binding.namespaces {
+                None => Scope::All,
+                Some(namespaces) => {
+                    for namespace in &namespaces {
+                        validate_namespace(namespace).map_err(|source| PolicyError::Namespace {
+                            role: binding.role,
+                            source: Box::new(source),
+                        })?;
+                    }
+                    Scope::Only(Arc::new(namespaces))
+                }
+            };
+            for identity in binding.identities {
+                let grant = (binding.role, scope.clone());
+                if let Some((first, _)) = grants.insert(identity.clone(), grant) {
+                    return Err(PolicyError::BoundTwice {
+                        identity,
+                        first,
+                        second: binding.role,
+                    });
+                }
+            }
+        }
+        Ok(Self { grants })
+    }
+
+    /// The scope in which `identity` may call `method`, which needs `required`, or why
+    /// it may not.
+    pub fn authorize(
+        &self,
+        identity: &ClientIdentity,
+        method: &str,
+        required: Permission,
+    ) -> Result<Scope, Error> {
+        match self.grants.get(&identity.0) {
+            Some((role, scope)) if role.grants(required) => Ok(scope.clone()),
+            grant => Err(Error::NotPermitted {
+                identity: identity.clone(),
+                role: grant.map(|(role, _)| *role),
+                method: method.into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "
+bindings:
+  - role: operator
+    identities: [spiffe://setpoint.dev/operator]
+  - role: viewer
+    identities: [spiffe://setpoint.dev/viewer, dashboard]
+";
+    const SET: &str = "/setpoint.v1.ReplicaService/SetReplicas";
+
+    fn identity(name: &str) -> ClientIdentity {
+        ClientIdentity(name.into())
+    }
+
+    #[test]
+    fn operator_may_read_and_write() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        let operator = identity("spiffe://setpoint.dev/operator");
+        for permission in [Permission::Read, Permission::Write] {
+            assert_eq!(
+                policy.authorize(&operator, SET, permission).ok(),
+                Some(Scope::All)
+            );
+        }
+    }
+
+    #[test]
+    fn viewer_cannot_set_replicas() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        let viewer = identity("dashboard");
+        assert!(policy.authorize(&viewer, "read", Permission::Read).is_ok());
+        let denied = policy
+            .authorize(&viewer, SET, Permission::Write)
+            .expect_err("viewer may not set");
+        assert_eq!(
+            denied.to_string(),
+            format!("identity dashboard (role Viewer) may not call {SET}")
+        );
+    }
+
+    #[test]
+    fn unknown_identities_are_denied() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        let intruder = identity("spiffe://setpoint.dev/intruder");
+        let denied = policy
+            .authorize(&intruder, SET, Permission::Read)
+            .expect_err("no binding");
+        assert!(
+            matches!(&denied, Error::NotPermitted { role: None, .. }),
+            "{denied}"
+        );
+        assert!(denied.to_string().contains("(no role)"), "{denied}");
+        assert!(
+            Policy::default()
+                .authorize(&intruder, SET, Permission::Read)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bindings_may_be_scoped_to_namespaces() {
+        let policy = Policy::parse(
+            "
+bindings:
+  - role: operator
+    identities: [pipeline]
+    namespaces: [team-a, team-a-staging]
+  - role: operator
+    identities: [admin]
+",
+        )
+        .expect("valid policy");
+        let scope = policy
+            .authorize(&identity("pipeline"), SET, Permission::Write)
+            .expect("operator");
+        assert!(scope.allows("team-a") && scope.allows("team-a-staging"));
+        assert!(!scope.allows("team-b"));
+        let scope = policy
+            .authorize(&identity("admin"), SET, Permission::Write)
+            .expect("operator");
+        assert_eq!(scope, Scope::All);
+    }
+
+    #[test]
+    fn bad_policies_are_rejected() {
+        assert!(matches!(
+            Policy::parse("bindings: [{role: admin, identities: [a]}]"),
+            Err(PolicyError::Syntax(_))
+        ));
+        assert!(matches!(
+            Policy::parse("bindings: [{role: viewer, identites: [a]}]"),
+            Err(PolicyError::Syntax(_))
+        ));
+        let bad_namespace =
+            Policy::parse("bindings: [{role: viewer, identities: [a], namespaces: [Team_A]}]")
+                .expect_err("not a namespace name");
+        assert!(
+            matches!(&bad_namespace, PolicyError::Namespace { .. }),
+            "{bad_namespace}"
+        );
+        assert!(
+            bad_namespace.to_string().contains("Team_A"),
+            "{bad_namespace}"
+        );
+        assert!(matches!(
+            Policy::parse(
+                "bindings: [{role: viewer, identities: [a]}, {role: operator, identities: [a]}]"
+            ),
+            Err(PolicyError::BoundTwice { .. })
+        ));
+    }
+}

@@ -1,0 +1,99 @@
+//! The gRPC edge: `setpoint.v1.ReplicaService` turns protobuf requests into calls on
+//! [`Replicas`] and domain answers back into messages ([`convert`]); [`status`] is the
+//! one place errors become status codes. Authorization has already happened in
+//! [`crate::authz`], which hands over the [`Caller`].
+
+pub mod convert;
+pub mod status;
+
+use setpoint_api::v1::replica_service_server::ReplicaService;
+use setpoint_api::v1::{
+    GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
+    SetReplicasRequest, SetReplicasResponse,
+};
+use setpoint_core::{Caller, DeploymentKey};
+use tonic::{Request, Response, Status};
+
+use crate::replicas::{ListRequest, Replicas, SetRequest};
+
+pub struct ReplicaApi(pub Replicas);
+
+#[tonic::async_trait]
+impl ReplicaService for ReplicaApi {
+    async fn list_deployments(
+        &self,
+        request: Request<ListDeploymentsRequest>,
+    ) -> Result<Response<ListDeploymentsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        tracing::Span::current().record("target", request.namespace.as_str());
+        let page = self.0.list(
+            &caller,
+            ListRequest {
+                namespace: request.namespace,
+                label_selector: request.label_selector,
+                page_size: request.page_size,
+                page_token: request.page_token,
+            },
+        )?;
+        Ok(Response::new(ListDeploymentsResponse {
+            deployments: page
+                .deployments
+                .into_iter()
+                .map(convert::replicas)
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_replicas(
+        &self,
+        request: Request<GetReplicasRequest>,
+    ) -> Result<Response<GetReplicasResponse>, Status> {
+        let caller = caller(&request)?;
+        let key = target(request.get_ref().deployment.as_ref())?;
+        let replicas = self.0.get(&caller, &key)?;
+        Ok(Response::new(GetReplicasResponse {
+            replicas: Some(convert::replicas(replicas)),
+        }))
+    }
+
+    async fn set_replicas(
+        &self,
+        request: Request<SetReplicasRequest>,
+    ) -> Result<Response<SetReplicasResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let key = target(request.deployment.as_ref())?;
+        let stored = self
+            .0
+            .set(
+                &caller,
+                SetRequest {
+                    key,
+                    replicas: request.replicas,
+                    expected_version: request.expected_version,
+                },
+            )
+            .await?;
+        Ok(Response::new(SetReplicasResponse {
+            replicas: Some(convert::replicas(stored)),
+        }))
+    }
+}
+
+/// The caller [`crate::authz`] authorized.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authorized caller"))
+}
+
+/// The Deployment a request names, validated, and recorded in the RPC's span.
+fn target(deployment: Option<&setpoint_api::v1::DeploymentRef>) -> Result<DeploymentKey, Status> {
+    let key = convert::key(deployment).map_err(crate::Error::from)?;
+    tracing::Span::current().record("target", key.to_string());
+    Ok(key)
+}

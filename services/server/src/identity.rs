@@ -1,0 +1,83 @@
+//! Who is calling: the identity in the verified client certificate of the connection a
+//! request arrived on (its first URI SAN, else its CN). rustls has verified the chain;
+//! this only reads the leaf.
+
+use std::sync::Arc;
+
+use setpoint_core::{ClientIdentity, Error};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The identity of the client certificate the request's connection presented.
+pub fn of_request<B>(request: &http::Request<B>) -> Result<ClientIdentity, Error> {
+    let leaf = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .and_then(|certs: Arc<Vec<_>>| certs.first().cloned())
+        .ok_or_else(|| Error::NoIdentity("no verified client certificate".into()))?;
+    from_certificate(&leaf)
+}
+
+pub fn from_certificate(der: &[u8]) -> Result<ClientIdentity, Error> {
+    let unusable = |reason: String| Error::NoIdentity(format!("client certificate: {reason}"));
+    let (_, cert) = X509Certificate::from_der(der).map_err(|error| unusable(error.to_string()))?;
+    let uri = cert
+        .subject_alternative_name()
+        .map_err(|error| unusable(error.to_string()))?
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                GeneralName::URI(uri) => Some(uri.to_string()),
+                _ => None,
+            })
+        });
+    let common_name = || {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+    };
+    uri.or_else(common_name)
+        .filter(|identity| !identity.is_empty())
+        .map(ClientIdentity)
+        .ok_or_else(|| unusable("has neither a URI SAN nor a common name".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_the_uri_san_else_the_common_name() {
+        let ca = devpki::Authority::generate("test-ca", devpki::DEFAULT_VALIDITY).expect("ca");
+        let pem_to_der = |pem: &str| {
+            x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .expect("pem")
+                .1
+                .contents
+        };
+        let with_uri = ca
+            .issue(
+                &devpki::Subject::client("alice", devpki::DEFAULT_VALIDITY)
+                    .with_uri("spiffe://setpoint.dev/alice"),
+            )
+            .expect("cert");
+        assert_eq!(
+            from_certificate(&pem_to_der(&with_uri.cert_pem)).ok(),
+            Some(ClientIdentity("spiffe://setpoint.dev/alice".into()))
+        );
+        let cn_only = ca
+            .issue(&devpki::Subject::client("bob", devpki::DEFAULT_VALIDITY))
+            .expect("cert");
+        assert_eq!(
+            from_certificate(&pem_to_der(&cn_only.cert_pem)).ok(),
+            Some(ClientIdentity("bob".into()))
+        );
+        assert!(matches!(
+            from_certificate(b"not a certificate"),
+            Err(Error::NoIdentity(_))
+        ));
+    }
+}

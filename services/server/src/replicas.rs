@@ -1,0 +1,271 @@
+//! The API's operations in domain terms: list, get and set replica counts for an
+//! authorized [`Caller`]. Reads come from the watch cache; a set validates, refuses
+//! Deployments an HPA scales, stores the setpoint with a compare-and-swap and leaves an
+//! audit event. No gRPC types: [`crate::grpc`] turns messages into these calls.
+
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
+use setpoint_core::{Caller, DeploymentKey};
+use setpoint_k8s::{
+    API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, key_of, setpoint_version,
+};
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::view::{self, DeploymentView, ListQuery};
+
+/// Attempts of the read-compare-write loop before a set gives up.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// What ListDeployments asks for, as the caller sent it.
+#[derive(Debug, Default)]
+pub struct ListRequest {
+    /// Empty for all namespaces.
+    pub namespace: String,
+    pub label_selector: String,
+    /// 0 for the default.
+    pub page_size: i32,
+    /// Empty for the first page.
+    pub page_token: String,
+}
+
+pub struct Page {
+    pub deployments: Vec<DeploymentView>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+/// What SetReplicas asks for.
+#[derive(Debug)]
+pub struct SetRequest {
+    pub key: DeploymentKey,
+    pub replicas: i32,
+    /// Only write if the setpoint is at this version ("" = no setpoint yet).
+    pub expected_version: Option<String>,
+}
+
+pub struct Replicas {
+    pub cache: Cache,
+    pub client: Client,
+    pub max_replicas: i32,
+}
+
+impl Replicas {
+    pub fn list(&self, caller: &Caller, request: ListRequest) -> Result<Page, Error> {
+        if !request.namespace.is_empty() {
+            validate_namespace(&request.namespace)?;
+            caller.check(&request.namespace)?;
+        }
+        let query = ListQuery {
+            scope: caller.scope.clone(),
+            selector: crate::selector::parse(&request.label_selector)?,
+            page_size: page_size(request.page_size)?,
+            after: view::decode_page_token(&request.page_token)?,
+            namespace: request.namespace,
+        };
+        let (page, next) = view::list_page(self.cache.deployments()?, &query);
+        Ok(Page {
+            deployments: page
+                .iter()
+                .map(|deployment| {
+                    let setpoint = self.cache.setpoint(&key_of(&**deployment));
+                    view::view(deployment, setpoint.as_deref())
+                })
+                .collect(),
+            next_page_token: next
+                .map(|key| view::encode_page_token(&key))
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn get(&self, caller: &Caller, key: &DeploymentKey) -> Result<DeploymentView, Error> {
+        caller.check(&key.namespace)?;
+        let deployment = self
+            .cache
+            .deployment(key)?
+            .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
+        Ok(view::view(&deployment, self.cache.setpoint(key).as_deref()))
+    }
+
+    /// Stores the setpoint and answers with the Deployment as the stored setpoint sees
+    /// it. Every call leaves one audit event, whatever its outcome.
+    pub async fn set(&self, caller: &Caller, request: SetRequest) -> Result<DeploymentView, Error> {
+        let result = self.store(caller, &request).await;
+        let (identity, deployment) = (&caller.identity, &request.key);
+        match &result {
+            Ok((previous, stored)) => tracing::info!(
+                target: "setpoint::audit",
+                %identity,
+                %deployment,
+                previous = ?previous,
+                desired = stored.desired_replicas,
+                result = "ok",
+                "SetReplicas"
+            ),
+            Err(error) => tracing::info!(
+                target: "setpoint::audit",
+                %identity,
+                %deployment,
+                result = %error,
+                "SetReplicas"
+            ),
+        }
+        result.map(|(_, stored)| stored)
+    }
+
+    /// Validates and stores; returns the previous desired value with the answer.
+    async fn store(
+        &self,
+        caller: &Caller,
+        request: &SetRequest,
+    ) -> Result<(Option<i32>, DeploymentView), Error> {
+        let key = &request.key;
+        caller.check(&key.namespace)?;
+        validate_replicas(request.replicas, self.max_replicas)?;
+        let deployment = self
+            .cache
+            .deployment(key)?
+            .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
+        if let Some(autoscaler) = self.cache.autoscaler_of(key) {
+            return Err(setpoint_core::Error::ManagedByAutoscaler {
+                key: key.clone(),
+                autoscaler,
+            }
+            .into());
+        }
+        let spec = ReplicaSetpointSpec {
+            replicas: request.replicas,
+            deployment_uid: deployment.metadata.uid.clone().unwrap_or_default(),
+        };
+        let (previous, stored) =
+            store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?;
+        Ok((previous, view::view(&deployment, Some(&stored))))
+    }
+}
+
+/// Read-compare-write of the setpoint with the API server's optimistic concurrency:
+/// the write carries the resourceVersion it was based on, so of two racing writers one
+/// gets 409 and re-checks `expected_version` against the winner's setpoint. Returns the
+/// previous desired value and the stored setpoint.
+async fn store_setpoint(
+    client: &Client,
+    key: &DeploymentKey,
+    spec: ReplicaSetpointSpec,
+    expected_version: Option<&str>,
+) -> Result<(Option<i32>, ReplicaSetpoint), Error> {
+    let api = Api::<ReplicaSetpoint>::namespaced(client.clone(), &key.namespace);
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = api.get_opt(&key.name).await?;
+        if let Some(expected) = expected_version {
+            let actual = current.as_ref().map(setpoint_version).unwrap_or_default();
+            if actual != expected {
+                return Err(setpoint_core::Error::VersionMismatch {
+                    key: key.clone(),
+                    actual,
+                    expected: expected.into(),
+                }
+                .into());
+            }
+        }
+        let mut desired = ReplicaSetpoint::new(&key.name, spec.clone());
+        let written = match &current {
+            None => {
+                let params = PostParams {
+                    field_manager: Some(API_FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&params, &desired).await
+            }
+            Some(current) => {
+                desired.metadata.resource_version = current.metadata.resource_version.clone();
+                let params = PatchParams::apply(API_FIELD_MANAGER).force();
+                api.patch(&key.name, &params, &Patch::Apply(&desired)).await
+            }
+        };
+        match written {
+            Ok(stored) => return Ok((current.map(|c| c.spec.replicas), stored)),
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(setpoint_core::Error::WriteContention {
+        key: key.clone(),
+        attempts: WRITE_ATTEMPTS,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use testenv::fake;
+
+    use super::*;
+
+    fn key() -> DeploymentKey {
+        DeploymentKey::new("team-a", "web").expect("valid key")
+    }
+
+    fn spec() -> ReplicaSetpointSpec {
+        ReplicaSetpointSpec {
+            replicas: 3,
+            deployment_uid: "uid-web".into(),
+        }
+    }
+
+    fn stored_setpoint() -> serde_json::Value {
+        json!({
+            "apiVersion": "setpoint.dev/v1alpha1", "kind": "ReplicaSetpoint",
+            "metadata": {"namespace": "team-a", "name": "web", "uid": "rsp-uid",
+                         "generation": 4, "resourceVersion": "7"},
+            "spec": {"replicas": 2, "deploymentUid": "uid-web"},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_write_that_keeps_conflicting_gives_up_after_its_attempts() {
+        let (client, log) = fake::client(|request| match request.method.as_str() {
+            "GET" => (200, stored_setpoint()),
+            _ => (409, fake::status(409, "Conflict")),
+        });
+        let error = store_setpoint(&client, &key(), spec(), None)
+            .await
+            .expect_err("every write conflicts");
+        assert!(
+            matches!(
+                error,
+                Error::Domain(setpoint_core::Error::WriteContention { attempts: 5, .. })
+            ),
+            "{error}"
+        );
+        let path = "/apis/setpoint.dev/v1alpha1/namespaces/team-a/replicasetpoints/web";
+        let expected: Vec<_> = (0..WRITE_ATTEMPTS)
+            .flat_map(|_| [format!("GET {path}"), format!("PATCH {path}")])
+            .collect();
+        assert_eq!(log.calls(), expected, "a read before every write");
+        let patch = &log.requests()[1];
+        assert_eq!(patch.body["metadata"]["resourceVersion"], "7");
+        assert!(
+            patch.uri.contains("fieldManager=setpoint-api"),
+            "{}",
+            patch.uri
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_expected_version_writes_nothing() {
+        let (client, log) = fake::client(|_| (200, stored_setpoint()));
+        let error = store_setpoint(&client, &key(), spec(), Some("rsp-uid/3"))
+            .await
+            .expect_err("stale version");
+        assert_eq!(
+            error.to_string(),
+            "the setpoint of team-a/web is at version \"rsp-uid/4\", not the expected \
+             \"rsp-uid/3\"; read it again and retry"
+        );
+        assert_eq!(log.calls().len(), 1, "only the read: {:?}", log.calls());
+    }
+}
