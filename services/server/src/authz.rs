@@ -1,30 +1,26 @@
 //! Authentication and authorization of every RPC, in one tower layer: the caller's
 //! identity comes from its verified client certificate ([`crate::identity`]), the
-//! method's permission from [`crate::methods`], the decision from the policy, and each
-//! identity's writes are rate-limited. Anything not granted is denied. The handlers get
+//! method's permission from [`crate::methods`], the decision from the policy. Anything
+//! not granted is denied. The handlers get
 //! the [`Caller`] in the request extensions, and every RPC runs in a span carrying its
 //! method and identity (the handler adds the target).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
-use setpoint_core::limits::WriteLimiter;
-use setpoint_core::{Caller, Error, Permission, Policy};
+use setpoint_core::{Caller, Error, Policy};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::reload::Shared;
 use crate::{identity, methods};
 
-/// Tower layer that authorizes every request, limits each identity's writes, and hands
-/// the [`Caller`] to the handlers through the request extensions.
+/// Tower layer that authorizes every request and hands the [`Caller`] to the handlers
+/// through the request extensions.
 #[derive(Clone)]
 pub struct AuthorizationLayer {
     pub policy: Shared<Policy>,
-    pub write_limiter: Arc<WriteLimiter>,
 }
 
 impl<S> tower::Layer<S> for AuthorizationLayer {
@@ -55,9 +51,6 @@ impl AuthorizationLayer {
             .policy
             .current()
             .authorize(&identity, path, permission)?;
-        if permission == Permission::Write {
-            self.write_limiter.acquire(&identity, Instant::now())?;
-        }
         Ok(Caller { identity, scope })
     }
 }

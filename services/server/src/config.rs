@@ -44,11 +44,18 @@ pub struct Config {
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub max_replicas: i32,
 
-    /// SetReplicas calls each client identity may make per minute on this replica: bursts
-    /// of up to this many, then one every 60/N seconds; more get RESOURCE_EXHAUSTED.
+    /// SetReplicas calls each client identity may make per minute on this replica (one
+    /// every 60/N seconds after a burst of `--write-burst`); more get RESOURCE_EXHAUSTED.
+    /// Only writes that pass validation and authorization count.
     #[arg(long, env = "SETPOINT_WRITES_PER_MINUTE", default_value_t = 60,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub writes_per_minute: u32,
+
+    /// SetReplicas calls an identity may make at once before `--writes-per-minute`
+    /// paces it (the token bucket's size).
+    #[arg(long, env = "SETPOINT_WRITE_BURST", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub write_burst: u32,
 
     /// Time limit for a TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -218,6 +218,7 @@ impl Server {
             cache,
             client,
             max_replicas: config.max_replicas,
+            write_limiter: WriteLimiter::new(config.writes_per_minute, config.write_burst),
         }))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -236,7 +237,6 @@ impl Server {
             .layer(RpcMetricsLayer(metrics))
             .layer(AuthorizationLayer {
                 policy: current_policy,
-                write_limiter: Arc::new(WriteLimiter::new(config.writes_per_minute)),
             })
             .add_service(health_service)
             .add_service(api)

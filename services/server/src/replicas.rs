@@ -1,11 +1,14 @@
 //! The API's operations in domain terms: list, get and set replica counts for an
 //! authorized [`Caller`]. Reads come from the watch cache; a set validates, refuses
-//! Deployments an HPA scales, stores the setpoint with a compare-and-swap and leaves an
-//! audit event. No gRPC types: [`crate::grpc`] turns messages into these calls.
+//! Deployments an HPA scales, spends from the caller's write budget, stores the setpoint
+//! with a compare-and-swap and leaves an audit event. No gRPC types: [`crate::grpc`] turns messages into these calls.
 
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use std::time::Instant;
+
 use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
+use setpoint_core::limits::WriteLimiter;
 use setpoint_core::{Caller, DeploymentKey};
 use setpoint_k8s::{
     API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, key_of, setpoint_version,
@@ -49,6 +52,8 @@ pub struct Replicas {
     pub cache: Cache,
     pub client: Client,
     pub max_replicas: i32,
+    /// Spent only by writes that passed every check, just before they are made.
+    pub write_limiter: WriteLimiter,
 }
 
 impl Replicas {
@@ -134,6 +139,8 @@ impl Replicas {
             }
             .into());
         }
+        self.write_limiter
+            .acquire(&caller.identity, Instant::now())?;
         let spec = ReplicaSetpointSpec {
             replicas: request.replicas,
             deployment_uid: deployment.metadata.uid.clone().unwrap_or_default(),

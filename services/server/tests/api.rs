@@ -137,7 +137,8 @@ async fn viewer_can_read_but_not_set() {
 #[tokio::test]
 async fn writes_beyond_the_per_identity_limit_are_refused() {
     let namespace = namespace_with("limited", &[("web", 1)]).await;
-    let server = Setpoint::start_with("setpoint", &["--writes-per-minute=2"]).await;
+    let server =
+        Setpoint::start_with("setpoint", &["--writes-per-minute=2", "--write-burst=2"]).await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
     for replicas in [2, 3] {
@@ -168,6 +169,35 @@ async fn writes_beyond_the_per_identity_limit_are_refused() {
         .set_replicas(set_request(&namespace, "web", 5))
         .await
         .expect("another identity has its own budget");
+}
+
+#[tokio::test]
+async fn refused_writes_do_not_spend_the_write_budget() {
+    let namespace = namespace_with("budget", &[("web", 1)]).await;
+    let server =
+        Setpoint::start_with("setpoint", &["--writes-per-minute=1", "--write-burst=1"]).await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+    for (request, code) in [
+        (set_request(&namespace, "web", -1), Code::InvalidArgument),
+        (
+            set_request(&namespace, "Bad_Name", 2),
+            Code::InvalidArgument,
+        ),
+        (set_request(&namespace, "missing", 2), Code::NotFound),
+    ] {
+        let status = operator.set_replicas(request).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{}", status.message());
+    }
+    operator
+        .set_replicas(set_request(&namespace, "web", 2))
+        .await
+        .expect("the budget is intact after refused calls");
+    let refused = operator
+        .set_replicas(set_request(&namespace, "web", 3))
+        .await
+        .expect_err("the burst of one is spent");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]

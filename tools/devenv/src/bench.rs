@@ -68,10 +68,10 @@ async fn main() -> anyhow::Result<()> {
         http,
         Some(&dir.path().join("server.log")),
         // Every sample is a write by the same identity: keep the rate limit out of the way.
-        &[format!(
-            "--writes-per-minute={}",
-            args.converge_samples.max(60)
-        )],
+        &[
+            format!("--writes-per-minute={}", args.converge_samples.max(60)),
+            format!("--write-burst={}", args.converge_samples.max(60)),
+        ],
     )?;
     devenv::wait_until_ready(http).await?;
     let mut client = operator_client(dir.path(), grpc).await?;
