@@ -24,6 +24,11 @@ pub enum Error {
     PageSizeOutOfRange { value: i32, max: usize },
     #[error("page_token is not a next_page_token from a previous ListDeployments response")]
     InvalidPageToken,
+    #[error(
+        "page_token continues another query: use it with the namespace and label_selector \
+         it came with (or start again without it)"
+    )]
+    PageTokenOfAnotherQuery,
     #[error("label_selector {selector:?}: {reason}")]
     InvalidSelector { selector: String, reason: String },
 

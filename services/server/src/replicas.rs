@@ -62,11 +62,13 @@ impl Replicas {
             validate_namespace(&request.namespace)?;
             caller.check(&request.namespace)?;
         }
+        let fingerprint =
+            view::query_fingerprint(&request.namespace, &request.label_selector, &caller.scope);
         let query = ListQuery {
             scope: caller.scope.clone(),
             selector: crate::selector::parse(&request.label_selector)?,
             page_size: page_size(request.page_size)?,
-            after: view::decode_page_token(&request.page_token)?,
+            after: view::decode_page_token(&request.page_token, &fingerprint)?,
             namespace: request.namespace,
         };
         let (page, next) = view::list_page(self.cache.deployments()?, &query);
@@ -79,7 +81,7 @@ impl Replicas {
                 })
                 .collect(),
             next_page_token: next
-                .map(|key| view::encode_page_token(&key))
+                .map(|key| view::encode_page_token(&fingerprint, &key))
                 .unwrap_or_default(),
         })
     }

@@ -13,6 +13,7 @@ use kube::core::{Selector, SelectorExt};
 use setpoint_core::key::{validate_name, validate_namespace};
 use setpoint_core::{DeploymentKey, Error, Scope};
 use setpoint_k8s::{ReplicaSetpoint, key_of, setpoint_version, spec_replicas};
+use sha2::{Digest, Sha256};
 
 /// Where reconciling a Deployment to its setpoint stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,11 +140,28 @@ pub fn list_page(
     (matching.into_iter().map(|(_, d)| d).collect(), next)
 }
 
-pub fn encode_page_token(after: &DeploymentKey) -> String {
-    URL_SAFE_NO_PAD.encode(after.to_string())
+/// What a page token is bound to: the namespace and selector of its query and the
+/// caller's scope, so that a token continues only the listing it came from. A digest,
+/// not a secret: a forged token only moves the cursor of the caller's own query.
+pub fn query_fingerprint(namespace: &str, label_selector: &str, scope: &Scope) -> String {
+    let scope = match scope {
+        Scope::All => "*".to_owned(),
+        Scope::Only(namespaces) => namespaces.iter().cloned().collect::<Vec<_>>().join(","),
+    };
+    let digest = Sha256::digest(format!("{namespace}\n{label_selector}\n{scope}"));
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
-pub fn decode_page_token(token: &str) -> Result<Option<DeploymentKey>, Error> {
+/// The opaque token of the page after `after`, for the query `fingerprint`.
+pub fn encode_page_token(fingerprint: &str, after: &DeploymentKey) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{fingerprint}:{after}"))
+}
+
+/// Where the page of `token` starts, if it was issued for the query `fingerprint`.
+pub fn decode_page_token(token: &str, fingerprint: &str) -> Result<Option<DeploymentKey>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -153,7 +171,11 @@ pub fn decode_page_token(token: &str) -> Result<Option<DeploymentKey>, Error> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(invalid)?;
-    let (namespace, name) = text.split_once('/').ok_or_else(invalid)?;
+    let (bound, key) = text.split_once(':').ok_or_else(invalid)?;
+    if bound != fingerprint {
+        return Err(Error::PageTokenOfAnotherQuery);
+    }
+    let (namespace, name) = key.split_once('/').ok_or_else(invalid)?;
     validate_namespace(namespace).map_err(|_| invalid())?;
     validate_name("name", name).map_err(|_| invalid())?;
     Ok(Some(DeploymentKey {
@@ -220,8 +242,8 @@ mod tests {
             assert!(page.len() <= 2);
             seen.extend(names(&page));
             let Some(next) = next else { break };
-            let token = encode_page_token(&next);
-            query.after = decode_page_token(&token).expect("round trip");
+            let token = encode_page_token("q", &next);
+            query.after = decode_page_token(&token, "q").expect("round trip");
         }
         assert_eq!(seen, ["a/x", "a/y", "a/z", "b/x", "c/w"]);
     }
@@ -265,11 +287,34 @@ mod tests {
     fn garbage_page_tokens_are_invalid_arguments() {
         for token in ["%%%", "bm8tc2xhc2g", &URL_SAFE_NO_PAD.encode("Bad/NAME")] {
             assert!(
-                matches!(decode_page_token(token), Err(Error::InvalidPageToken)),
+                matches!(decode_page_token(token, "q"), Err(Error::InvalidPageToken)),
                 "{token}"
             );
         }
-        assert_eq!(decode_page_token("").ok(), Some(None));
+        assert_eq!(decode_page_token("", "q").ok(), Some(None));
+    }
+
+    #[test]
+    fn a_page_token_continues_only_its_own_query() {
+        let after = DeploymentKey::new("a", "web").expect("key");
+        let scoped = Scope::Only(Arc::new(["a".into()].into()));
+        let queries = [
+            query_fingerprint("a", "", &Scope::All),
+            query_fingerprint("", "", &Scope::All),
+            query_fingerprint("a", "app=web", &Scope::All),
+            query_fingerprint("a", "", &scoped),
+        ];
+        for (index, query) in queries.iter().enumerate() {
+            let token = encode_page_token(query, &after);
+            for (other_index, other) in queries.iter().enumerate() {
+                let decoded = decode_page_token(&token, other);
+                if index == other_index {
+                    assert_eq!(decoded, Ok(Some(after.clone())));
+                } else {
+                    assert_eq!(decoded, Err(Error::PageTokenOfAnotherQuery));
+                }
+            }
+        }
     }
 
     fn setpoint(uid: &str, generation: i64, status: Option<(i64, &str, &str)>) -> ReplicaSetpoint {

@@ -353,6 +353,74 @@ async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_page_token_is_valid_only_for_its_query() {
+    let namespace = namespace_with("paged", &[("api", 1), ("web", 1), ("worker", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+    let first = operator
+        .list_deployments(ListDeploymentsRequest {
+            page_size: 1,
+            ..list_in(&namespace)
+        })
+        .await
+        .expect("first page")
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let next = |request: ListDeploymentsRequest| ListDeploymentsRequest {
+        page_size: 1,
+        page_token: first.next_page_token.clone(),
+        ..request
+    };
+    let second = operator
+        .list_deployments(next(list_in(&namespace)))
+        .await
+        .expect("the same query continues")
+        .into_inner();
+    assert_eq!(second.deployments.len(), 1);
+
+    for other in [
+        ListDeploymentsRequest::default(),
+        ListDeploymentsRequest {
+            label_selector: "app".into(),
+            ..list_in(&namespace)
+        },
+    ] {
+        let status = operator
+            .list_deployments(next(other))
+            .await
+            .expect_err("another query");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains("page_token"),
+            "{}",
+            status.message()
+        );
+    }
+    // The same query from a caller with another scope.
+    server.pki.write(
+        "policy.yaml",
+        &format!(
+            "bindings: [{{role: operator, identities: [{OPERATOR}], namespaces: [{namespace}]}}]"
+        ),
+    );
+    let status = testenv::wait_for("the scoped policy to apply", || async {
+        let status = operator
+            .clone()
+            .list_deployments(next(list_in(&namespace)))
+            .await
+            .err()?;
+        (status.code() == Code::InvalidArgument).then_some(status)
+    })
+    .await;
+    assert!(
+        status.message().contains("page_token"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
 async fn stale_expected_version_is_aborted() {
     let namespace = namespace_with("version", &[("web", 1)]).await;
     let server = Setpoint::start("setpoint").await;

@@ -33,6 +33,7 @@ fn domain_code(error: &Domain) -> Code {
         | Domain::ReplicasOutOfRange { .. }
         | Domain::PageSizeOutOfRange { .. }
         | Domain::InvalidPageToken
+        | Domain::PageTokenOfAnotherQuery
         | Domain::InvalidSelector { .. } => Code::InvalidArgument,
         Domain::NoIdentity(_) => Code::Unauthenticated,
         Domain::UnknownMethod(_) | Domain::NotPermitted { .. } | Domain::OutOfScope { .. } => {
