@@ -59,6 +59,11 @@ impl Scope {
             Self::Only(namespaces) => namespaces.contains(namespace),
         }
     }
+
+    /// The binding lists `namespace` by name (not merely "every namespace").
+    pub fn names(&self, namespace: &str) -> bool {
+        matches!(self, Self::Only(namespaces) if namespaces.contains(namespace))
+    }
 }
 
 /// An authorized caller: who it is and where its role applies.
@@ -75,6 +80,21 @@ impl Caller {
             return Ok(());
         }
         let error = Error::OutOfScope {
+            identity: self.identity.clone(),
+            namespace: namespace.into(),
+        };
+        tracing::warn!(identity = %self.identity, namespace, %error, "request denied");
+        Err(error)
+    }
+
+    /// Allows a write in `namespace`: in scope and, where the namespace is `protected`,
+    /// named by the caller's binding; or says why not.
+    pub fn check_write(&self, namespace: &str, protected: &BTreeSet<String>) -> Result<(), Error> {
+        self.check(namespace)?;
+        if !protected.contains(namespace) || self.scope.names(namespace) {
+            return Ok(());
+        }
+        let error = Error::ProtectedNamespace {
             identity: self.identity.clone(),
             namespace: namespace.into(),
         };
@@ -100,6 +120,29 @@ mod tests {
             "identity pipeline may not access namespace team-b"
         );
         assert!(matches!(denied, Error::OutOfScope { .. }));
+    }
+
+    #[test]
+    fn protected_namespaces_take_a_binding_that_names_them() {
+        let protected = BTreeSet::from(["kube-system".to_owned()]);
+        let everywhere = Caller {
+            identity: ClientIdentity("admin".into()),
+            scope: Scope::All,
+        };
+        assert!(everywhere.check_write("team-a", &protected).is_ok());
+        assert!(matches!(
+            everywhere.check_write("kube-system", &protected),
+            Err(Error::ProtectedNamespace { .. })
+        ));
+        let named = Caller {
+            identity: ClientIdentity("platform".into()),
+            scope: Scope::Only(Arc::new(protected.clone())),
+        };
+        assert!(named.check_write("kube-system", &protected).is_ok());
+        assert!(matches!(
+            named.check_write("team-a", &protected),
+            Err(Error::OutOfScope { .. })
+        ));
     }
 
     #[test]

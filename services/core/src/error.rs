@@ -51,6 +51,15 @@ pub enum Error {
         identity: ClientIdentity,
         namespace: String,
     },
+    /// The namespace is protected and the caller's binding does not name it.
+    #[error(
+        "namespace {namespace} is protected: identity {identity} may write there only \
+         through a policy binding that names it"
+    )]
+    ProtectedNamespace {
+        identity: ClientIdentity,
+        namespace: String,
+    },
     /// The caller spent its write budget.
     #[error(
         "identity {identity} exceeded {per_minute} writes per minute; retry in {:.1}s",

@@ -1,5 +1,6 @@
 //! Command-line and environment configuration: the one place settings are parsed.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +58,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub write_burst: u32,
 
+    /// Namespaces where SetReplicas is denied unless the caller's policy binding names
+    /// the namespace explicitly (comma-separated). Setpoint's own namespace
+    /// (`--lease-namespace`) is always protected.
+    #[arg(
+        long,
+        env = "SETPOINT_PROTECTED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub protected_namespaces: Vec<String>,
+
     /// Time limit for a TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
@@ -98,6 +110,18 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SETPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl Config {
+    /// `--protected-namespaces` and Setpoint's own namespace.
+    pub fn protected_namespaces(&self) -> BTreeSet<String> {
+        self.protected_namespaces
+            .iter()
+            .chain([&self.lease_namespace])
+            .filter(|namespace| !namespace.is_empty())
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +178,24 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10d").is_err());
+    }
+
+    #[test]
+    fn system_namespaces_and_setpoints_own_are_protected_by_default() {
+        let config = Config::parse_from([
+            "setpoint-server",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--client-ca=ca",
+            "--policy=p",
+            "--lease-namespace=platform",
+        ]);
+        assert_eq!(
+            config.protected_namespaces(),
+            ["kube-node-lease", "kube-public", "kube-system", "platform"]
+                .map(String::from)
+                .into()
+        );
     }
 
     #[test]

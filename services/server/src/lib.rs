@@ -218,6 +218,7 @@ impl Server {
             cache,
             client,
             max_replicas: config.max_replicas,
+            protected_namespaces: config.protected_namespaces(),
             write_limiter: WriteLimiter::new(config.writes_per_minute, config.write_burst),
         }))
         .max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -5,6 +5,7 @@
 
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
@@ -52,6 +53,8 @@ pub struct Replicas {
     pub cache: Cache,
     pub client: Client,
     pub max_replicas: i32,
+    /// Writes here need a binding that names the namespace.
+    pub protected_namespaces: BTreeSet<String>,
     /// Spent only by writes that passed every check, just before they are made.
     pub write_limiter: WriteLimiter,
 }
@@ -128,7 +131,7 @@ impl Replicas {
         request: &SetRequest,
     ) -> Result<(Option<i32>, DeploymentView), Error> {
         let key = &request.key;
-        caller.check(&key.namespace)?;
+        caller.check_write(&key.namespace, &self.protected_namespaces)?;
         validate_replicas(request.replicas, self.max_replicas)?;
         let deployment = self
             .cache

@@ -201,6 +201,52 @@ async fn refused_writes_do_not_spend_the_write_budget() {
 }
 
 #[tokio::test]
+async fn protected_namespaces_need_a_binding_that_names_them() {
+    let protected = namespace_with("protected", &[("web", 1)]).await;
+    let server = Setpoint::start_with(
+        "setpoint",
+        &[&format!("--protected-namespaces=kube-system,{protected}")],
+    )
+    .await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+    let denied = operator
+        .set_replicas(set_request(&protected, "web", 0))
+        .await
+        .expect_err("an unscoped operator may not write here");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("protected"),
+        "{}",
+        denied.message()
+    );
+    assert!(
+        get(&mut operator, &protected, "web").await.is_ok(),
+        "reads stay"
+    );
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &protected);
+    assert!(setpoints.get_opt("web").await.expect("read").is_none());
+
+    // A binding that names the namespace may write there.
+    server.pki.write(
+        "policy.yaml",
+        &format!(
+            "bindings: [{{role: operator, identities: [{PIPELINE}], namespaces: [{protected}]}}]"
+        ),
+    );
+    let mut pipeline = server.client(PIPELINE).await;
+    testenv::wait_for("the naming binding to apply", || async {
+        pipeline
+            .clone()
+            .set_replicas(set_request(&protected, "web", 0))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(setpoints.get("web").await.expect("stored").spec.replicas, 0);
+}
+
+#[tokio::test]
 async fn a_scoped_identity_reaches_only_its_namespaces() {
     let own = namespace_with("team-a", &[("web", 1)]).await;
     let other = namespace_with("team-b", &[("web", 1)]).await;

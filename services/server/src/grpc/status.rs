@@ -36,9 +36,10 @@ fn domain_code(error: &Domain) -> Code {
         | Domain::PageTokenOfAnotherQuery
         | Domain::InvalidSelector { .. } => Code::InvalidArgument,
         Domain::NoIdentity(_) => Code::Unauthenticated,
-        Domain::UnknownMethod(_) | Domain::NotPermitted { .. } | Domain::OutOfScope { .. } => {
-            Code::PermissionDenied
-        }
+        Domain::UnknownMethod(_)
+        | Domain::NotPermitted { .. }
+        | Domain::OutOfScope { .. }
+        | Domain::ProtectedNamespace { .. } => Code::PermissionDenied,
         Domain::RateLimited { .. } => Code::ResourceExhausted,
         Domain::NotSynced => Code::Unavailable,
         Domain::DeploymentNotFound(_) => Code::NotFound,
