@@ -234,7 +234,7 @@ async fn protected_namespaces_need_a_binding_that_names_them() {
             "bindings: [{{role: operator, identities: [{PIPELINE}], namespaces: [{protected}]}}]"
         ),
     );
-    let mut pipeline = server.client(PIPELINE).await;
+    let pipeline = server.client(PIPELINE).await;
     testenv::wait_for("the naming binding to apply", || async {
         pipeline
             .clone()
