@@ -1,6 +1,9 @@
-//! The one place errors become gRPC statuses: each domain fact, and each kind of
-//! Kubernetes API failure, gets the code a client can act on. The match is exhaustive,
-//! so a new error variant cannot be added without choosing its code.
+//! The one place errors become gRPC statuses. A domain error says what the caller did
+//! or may do, so its text goes back as is. Every other error (the Kubernetes API's,
+//! internal ones) gets a deliberate code, a generic message and a correlation id; the
+//! details, which name Setpoint's ServiceAccount and cluster internals, go only to the
+//! server's log under that id. The matches are exhaustive, so a new variant cannot be
+//! added without choosing its code.
 
 use setpoint_core::Error as Domain;
 use tonic::{Code, Status};
@@ -9,20 +12,16 @@ use crate::Error;
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        Status::new(code(&error), error.to_string())
-    }
-}
-
-fn code(error: &Error) -> Code {
-    match error {
-        Error::Domain(error) => domain_code(error),
-        Error::Kube(kube::Error::Api(status)) if status.is_conflict() => Code::Aborted,
-        Error::Kube(kube::Error::Api(status)) if status.code == 429 => Code::ResourceExhausted,
-        Error::Kube(kube::Error::Api(status)) if status.code >= 500 => Code::Unavailable,
-        Error::Kube(kube::Error::Api(_)) => Code::Internal,
-        // Transport failures: the API server is unreachable or timed out.
-        Error::Kube(_) => Code::Unavailable,
-        Error::Tls { .. } | Error::Policy { .. } | Error::Io { .. } => Code::Internal,
+        let (code, summary) = match &error {
+            Error::Domain(domain) => return Status::new(domain_code(domain), domain.to_string()),
+            Error::Kube(kube) => kube_code(kube),
+            Error::Tls { .. } | Error::Policy { .. } | Error::Io { .. } => {
+                (Code::Internal, "internal error")
+            }
+        };
+        let id = correlation_id();
+        tracing::warn!(correlation_id = %id, %error, "request failed");
+        Status::new(code, format!("{summary} (correlation id {id})"))
     }
 }
 
@@ -46,6 +45,59 @@ fn domain_code(error: &Domain) -> Code {
         Domain::ManagedByAutoscaler { .. } => Code::FailedPrecondition,
         Domain::VersionMismatch { .. } | Domain::WriteContention { .. } => Code::Aborted,
     }
+}
+
+/// The code and a message safe to show any caller.
+fn kube_code(error: &kube::Error) -> (Code, &'static str) {
+    let kube::Error::Api(status) = error else {
+        // Transport failures: the API server is unreachable or timed out.
+        return (
+            Code::Unavailable,
+            "the Kubernetes API server is unreachable; retry later",
+        );
+    };
+    match status.code {
+        409 => (
+            Code::Aborted,
+            "the setpoint changed during the write; retry",
+        ),
+        429 => (
+            Code::ResourceExhausted,
+            "the Kubernetes API server is throttling Setpoint; retry later",
+        ),
+        500.. => (
+            Code::Unavailable,
+            "the Kubernetes API server failed the request; retry later",
+        ),
+        403 => (
+            Code::FailedPrecondition,
+            "the cluster refused Setpoint's write (its RBAC or an admission policy); the \
+             operators' logs have the details",
+        ),
+        400 | 422 => (
+            Code::FailedPrecondition,
+            "the cluster rejected the setpoint as invalid; the operators' logs have the \
+             details",
+        ),
+        404 => (
+            Code::FailedPrecondition,
+            "the cluster does not serve the setpoint here (is the CRD installed?); the \
+             operators' logs have the details",
+        ),
+        _ => (
+            Code::Internal,
+            "unexpected answer from the Kubernetes API server",
+        ),
+    }
+}
+
+/// 16 random hex digits that tie a caller's status to the server's log line.
+fn correlation_id() -> String {
+    let mut bytes = [0u8; 8];
+    // Without the OS's randomness the id is all zeros: still a valid (if less useful)
+    // message, and no reason to fail the answer.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -97,5 +149,54 @@ mod tests {
                 (expected, message.as_str())
             );
         }
+    }
+
+    fn api_error(code: u16, reason: &str) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: "replicasetpoints.setpoint.dev \"web\" is forbidden: User \
+                      \"system:serviceaccount:setpoint:setpoint\" cannot patch"
+                .into(),
+            ..kube::core::Status::default()
+        })))
+    }
+
+    #[test]
+    fn kubernetes_errors_are_mapped_deliberately_and_leak_nothing() {
+        for (error, expected) in [
+            (api_error(403, "Forbidden"), Code::FailedPrecondition),
+            (api_error(422, "Invalid"), Code::FailedPrecondition),
+            (api_error(404, "NotFound"), Code::FailedPrecondition),
+            (api_error(409, "Conflict"), Code::Aborted),
+            (api_error(429, "TooManyRequests"), Code::ResourceExhausted),
+            (api_error(503, "ServiceUnavailable"), Code::Unavailable),
+            (api_error(418, "Teapot"), Code::Internal),
+        ] {
+            let status = Status::from(error);
+            assert_eq!(status.code(), expected, "{}", status.message());
+            for internal in ["serviceaccount", "forbidden", "replicasetpoints"] {
+                assert!(
+                    !status.message().contains(internal),
+                    "{expected:?}: {}",
+                    status.message()
+                );
+            }
+            assert!(
+                status.message().contains("correlation id"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+
+    #[test]
+    fn correlation_ids_differ() {
+        let message = || {
+            Status::from(api_error(403, "Forbidden"))
+                .message()
+                .to_owned()
+        };
+        assert_ne!(message(), message());
     }
 }
