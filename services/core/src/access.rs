@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::Error;
+use crate::{AUDIT, Error};
 
 /// The verified identity of a caller (for mTLS: its certificate's first URI SAN, else
 /// its CN).
@@ -83,7 +83,7 @@ impl Caller {
             identity: self.identity.clone(),
             namespace: namespace.into(),
         };
-        tracing::warn!(identity = %self.identity, namespace, %error, "request denied");
+        tracing::warn!(target: AUDIT, identity = %self.identity, namespace, %error, "request denied");
         Err(error)
     }
 
@@ -98,7 +98,7 @@ impl Caller {
             identity: self.identity.clone(),
             namespace: namespace.into(),
         };
-        tracing::warn!(identity = %self.identity, namespace, %error, "request denied");
+        tracing::warn!(target: AUDIT, identity = %self.identity, namespace, %error, "request denied");
         Err(error)
     }
 }

@@ -11,6 +11,10 @@ pub mod key;
 pub mod limits;
 pub mod policy;
 
+/// The `tracing` target of audit events: every write's intent and outcome, and every
+/// denial.
+pub const AUDIT: &str = "setpoint::audit";
+
 pub use access::{Caller, ClientIdentity, Permission, Role, Scope};
 pub use error::Error;
 pub use key::DeploymentKey;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use setpoint_core::{Caller, Error, Policy};
+use setpoint_core::{AUDIT, Caller, Error, Policy};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -78,7 +78,7 @@ where
                 Box::pin(self.inner.call(request).instrument(span))
             }
             Err(error) => {
-                span.in_scope(|| tracing::warn!(%error, "request denied"));
+                span.in_scope(|| tracing::warn!(target: AUDIT, %error, "request denied"));
                 let status = tonic::Status::from(crate::Error::from(error));
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }

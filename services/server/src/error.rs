@@ -12,6 +12,14 @@ pub enum Error {
     Domain(#[from] setpoint_core::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
+    /// A task the request was handed to panicked or was cancelled.
+    #[error("request task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("TLS configuration {}: {reason}", path.display())]
     Tls { path: PathBuf, reason: String },
     #[error("authorization policy {}: {source}", path.display())]

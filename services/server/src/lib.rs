@@ -214,13 +214,13 @@ impl Server {
             }
         });
 
-        let api = ReplicaServiceServer::new(ReplicaApi(Replicas {
+        let api = ReplicaServiceServer::new(ReplicaApi(Arc::new(Replicas {
             cache,
             client,
             max_replicas: config.max_replicas,
             protected_namespaces: config.protected_namespaces(),
             write_limiter: WriteLimiter::new(config.writes_per_minute, config.write_burst),
-        }))
+        })))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let incoming = tls::incoming(

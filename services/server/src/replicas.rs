@@ -6,14 +6,16 @@
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
 use setpoint_core::limits::WriteLimiter;
-use setpoint_core::{Caller, DeploymentKey};
+use setpoint_core::{AUDIT, Caller, DeploymentKey};
 use setpoint_k8s::{
     API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, key_of, setpoint_version,
 };
+use tracing::Instrument;
 
 use crate::Error;
 use crate::cache::Cache;
@@ -21,6 +23,8 @@ use crate::view::{self, DeploymentView, ListQuery};
 
 /// Attempts of the read-compare-write loop before a set gives up.
 const WRITE_ATTEMPTS: usize = 5;
+/// Bound on one set (its reads and writes), which outlives a caller that gives up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What ListDeployments asks for, as the caller sent it.
 #[derive(Debug, Default)]
@@ -99,29 +103,52 @@ impl Replicas {
     }
 
     /// Stores the setpoint and answers with the Deployment as the stored setpoint sees
-    /// it. Every call leaves one audit event, whatever its outcome.
-    pub async fn set(&self, caller: &Caller, request: SetRequest) -> Result<DeploymentView, Error> {
-        let result = self.store(caller, &request).await;
-        let (identity, deployment) = (&caller.identity, &request.key);
-        match &result {
-            Ok((previous, stored)) => tracing::info!(
-                target: "setpoint::audit",
-                %identity,
-                %deployment,
-                previous = ?previous,
-                desired = stored.desired_replicas,
-                result = "ok",
-                "SetReplicas"
-            ),
-            Err(error) => tracing::info!(
-                target: "setpoint::audit",
-                %identity,
-                %deployment,
-                result = %error,
-                "SetReplicas"
-            ),
-        }
-        result.map(|(_, stored)| stored)
+    /// it. The audit log gets the intent before anything is written and the outcome
+    /// after. The work runs in a task of its own, so a caller that cancels or runs out
+    /// of time cannot cut a write off from its audit event; `WRITE_TIMEOUT` bounds it.
+    pub async fn set(
+        self: &Arc<Self>,
+        caller: Caller,
+        request: SetRequest,
+    ) -> Result<DeploymentView, Error> {
+        tracing::info!(
+            target: AUDIT,
+            identity = %caller.identity,
+            deployment = %request.key,
+            requested = request.replicas,
+            expected_version = request.expected_version.as_deref(),
+            "SetReplicas requested"
+        );
+        let replicas = Arc::clone(self);
+        let write = async move {
+            let result = tokio::time::timeout(WRITE_TIMEOUT, replicas.store(&caller, &request))
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    what: "the write",
+                    after: WRITE_TIMEOUT,
+                }));
+            let (identity, deployment) = (&caller.identity, &request.key);
+            match &result {
+                Ok((previous, stored)) => tracing::info!(
+                    target: AUDIT,
+                    %identity,
+                    %deployment,
+                    previous = ?previous,
+                    desired = stored.desired_replicas,
+                    result = "ok",
+                    "SetReplicas"
+                ),
+                Err(error) => tracing::info!(
+                    target: AUDIT,
+                    %identity,
+                    %deployment,
+                    result = %error,
+                    "SetReplicas"
+                ),
+            }
+            result.map(|(_, stored)| stored)
+        };
+        tokio::spawn(write.in_current_span()).await?
     }
 
     /// Validates and stores; returns the previous desired value with the answer.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Api;
@@ -16,6 +18,7 @@ use support::{
     OPERATOR, PIPELINE, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with,
     set_request,
 };
+use testenv::proxy::{Link, Proxy};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -464,6 +467,69 @@ async fn a_page_token_is_valid_only_for_its_query() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn every_stored_change_has_its_audit_event_even_when_the_caller_gives_up() {
+    let logs = support::logs();
+    let namespace = namespace_with("audited", &[("web", 1)]).await;
+    // A slow link to the API server, so that a caller's deadline falls while a write is
+    // on its way.
+    let proxy = Proxy::start(testenv::shared().await.apiserver_addr())
+        .await
+        .expect("proxy");
+    let server = Setpoint::start_via(
+        Some(&proxy),
+        "setpoint",
+        &["--writes-per-minute=1000", "--write-burst=1000"],
+    )
+    .await;
+    server.wait_until_ready().await;
+    let operator = server.client(OPERATOR).await;
+    let latency = Duration::from_millis(40);
+    proxy.set(Link::Delay(latency));
+
+    // Callers that give up after the GET (two delays) and while the write is on its way
+    // (a third): a deadline, or a stream reset by dropping the call.
+    let patience = latency * 3 + latency / 2;
+    for replicas in [2, 3, 4, 5] {
+        let mut request = tonic::Request::new(set_request(&namespace, "web", replicas));
+        if replicas % 2 == 0 {
+            request.set_timeout(patience);
+            let status = operator
+                .clone()
+                .set_replicas(request)
+                .await
+                .expect_err("gave up");
+            assert!(
+                matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+                "{status}"
+            );
+        } else {
+            let mut caller = operator.clone();
+            assert!(
+                tokio::time::timeout(patience, caller.set_replicas(request))
+                    .await
+                    .is_err()
+            );
+        }
+        // Every abandoned write is stored (the API server got it), and audited.
+        let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+        testenv::wait_for("the abandoned write to be stored and audited", || async {
+            let stored = setpoints.get_opt("web").await.ok()??;
+            let audited = logs.events("setpoint::audit").iter().any(|event| {
+                event["deployment"] == format!("{namespace}/web")
+                    && event["result"] == "ok"
+                    && event["desired"] == replicas
+            });
+            (stored.spec.replicas == replicas && audited).then_some(())
+        })
+        .await;
+        let intent = logs.events("setpoint::audit").into_iter().any(|event| {
+            event["deployment"] == format!("{namespace}/web") && event["requested"] == replicas
+        });
+        assert!(intent, "the intent was recorded before the write");
+    }
 }
 
 #[tokio::test]

@@ -13,11 +13,12 @@
 pub mod fake;
 mod pki;
 mod process;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -248,6 +249,15 @@ impl ControlPlane {
     }
 
     /// The API server's `gitVersion`, e.g. `v1.36.3`.
+    /// The API server's address (for a [`proxy::Proxy`] in front of it).
+    pub fn apiserver_addr(&self) -> SocketAddr {
+        // `server` is built from a loopback address and a port in `start`.
+        self.server
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
     pub fn version(&self) -> &str {
         &self.version
     }

@@ -6,6 +6,8 @@
 pub mod convert;
 pub mod status;
 
+use std::sync::Arc;
+
 use setpoint_api::v1::replica_service_server::ReplicaService;
 use setpoint_api::v1::{
     GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
@@ -16,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::replicas::{ListRequest, Replicas, SetRequest};
 
-pub struct ReplicaApi(pub Replicas);
+pub struct ReplicaApi(pub Arc<Replicas>);
 
 #[tonic::async_trait]
 impl ReplicaService for ReplicaApi {
@@ -68,7 +70,7 @@ impl ReplicaService for ReplicaApi {
         let stored = self
             .0
             .set(
-                &caller,
+                caller,
                 SetRequest {
                     key,
                     replicas: request.replicas,

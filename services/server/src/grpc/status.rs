@@ -15,7 +15,11 @@ impl From<Error> for Status {
         let (code, summary) = match &error {
             Error::Domain(domain) => return Status::new(domain_code(domain), domain.to_string()),
             Error::Kube(kube) => kube_code(kube),
-            Error::Tls { .. } | Error::Policy { .. } | Error::Io { .. } => {
+            Error::Timeout { .. } => (
+                Code::Unavailable,
+                "the Kubernetes API server did not answer in time; retry later",
+            ),
+            Error::Tls { .. } | Error::Policy { .. } | Error::Io { .. } | Error::Task(_) => {
                 (Code::Internal, "internal error")
             }
         };

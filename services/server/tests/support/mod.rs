@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use devpki::{Authority, Subject};
@@ -20,6 +21,7 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
 use setpoint_server::{Config, Server};
+use testenv::proxy::Proxy;
 use tokio::sync::{OnceCell, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -133,12 +135,22 @@ impl Setpoint {
     }
 
     pub async fn start_with(account: &str, extra_args: &[&str]) -> Self {
+        Self::start_via(None, account, extra_args).await
+    }
+
+    /// Starts a server that reaches the API server through `proxy`, when given.
+    pub async fn start_via(proxy: Option<&Proxy>, account: &str, extra_args: &[&str]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let control_plane = install_setpoint().await;
-        let kube_config = control_plane
+        let mut kube_config = control_plane
             .service_account_config("setpoint", account)
             .await
             .expect("ServiceAccount config");
+        if let Some(proxy) = proxy {
+            kube_config.cluster_url = format!("https://{}", proxy.addr())
+                .parse()
+                .expect("proxy URL");
+        }
         let pki = TestPki::new();
         let path = |name: &str| pki.path(name).display().to_string();
         static SERVERS: AtomicUsize = AtomicUsize::new(0);
@@ -254,6 +266,59 @@ impl Drop for Setpoint {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// The log events of this test binary (its servers run in-process), captured as JSON
+/// from the first call on.
+pub fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let buffer = logs.0.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(buffer.clone()))
+            .try_init()
+            .expect("the only log subscriber of this test binary");
+        logs
+    })
+}
+
+#[derive(Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Every event logged under `target` so far.
+    pub fn events(&self, target: &str) -> Vec<serde_json::Value> {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["target"] == target)
+            .collect()
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
