@@ -37,7 +37,7 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the Deployment changed between read and write (409); retrying")]
+    #[error("the Deployment or the setpoint changed between read and write (409); retrying")]
     Conflict,
     #[error("the reconcile took longer than {RECONCILE_TIMEOUT:?}")]
     Timeout,
@@ -289,7 +289,8 @@ impl Context {
     }
 
     /// Writes status only when it changed, so a reconcile that finds everything in order
-    /// writes nothing.
+    /// writes nothing. The write carries the setpoint's resourceVersion: a replica that
+    /// lost the Lease, or read a stale setpoint, gets 409 instead of overwriting.
     async fn write_status(
         &self,
         setpoint: &ReplicaSetpoint,
@@ -309,9 +310,16 @@ impl Context {
                     field_manager: Some(RECONCILER_FIELD_MANAGER.into()),
                     ..PatchParams::default()
                 },
-                &Patch::Merge(serde_json::json!({ "status": status })),
+                &Patch::Merge(serde_json::json!({
+                    "metadata": { "resourceVersion": setpoint.resource_version() },
+                    "status": status,
+                })),
             )
-            .await?;
+            .await
+            .map_err(|error| match error {
+                kube::Error::Api(status) if status.is_conflict() => Error::Conflict,
+                error => Error::Kube(error),
+            })?;
         Ok(())
     }
 
@@ -361,6 +369,7 @@ mod tests {
         );
         setpoint.metadata.namespace = Some("team-a".into());
         setpoint.metadata.generation = Some(1);
+        setpoint.metadata.resource_version = Some("9".into());
         setpoint
     }
 
@@ -453,6 +462,28 @@ mod tests {
             Action::requeue(BACKOFF_FIRST * 2),
             "backoff doubles"
         );
+    }
+
+    #[tokio::test]
+    async fn status_writes_are_conditional_on_the_setpoint_read() {
+        let (client, log) = fake::client(|request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(5)),
+            "GET" => (200, no_autoscalers()),
+            _ => (409, fake::status(409, "Conflict")),
+        });
+        let context = context(client);
+        let setpoint = Arc::new(setpoint(5));
+        let error = reconcile(setpoint.clone(), context.clone())
+            .await
+            .expect_err("another writer changed the setpoint");
+        assert!(matches!(error, Error::Conflict), "{error}");
+        assert_eq!(
+            error_policy(setpoint, &error, context),
+            Action::requeue(CONFLICT_RETRY)
+        );
+        let status = log.requests().pop().expect("the status write");
+        assert!(status.uri.contains("/status"), "{}", status.uri);
+        assert_eq!(status.body["metadata"]["resourceVersion"], "9");
     }
 
     #[tokio::test]

@@ -1,11 +1,20 @@
 //! Leader election on a coordination.k8s.io Lease: every replica serves reads, only the
-//! holder runs the reconciler. The holder renews every `renew_every`; it stops leading
-//! at once when it sees another holder, and when it could not renew for
-//! `renew_deadline` (before the lease can expire for others). On shutdown it releases
-//! the lease so a peer takes over without waiting for expiry.
+//! holder runs the reconciler. On shutdown the holder releases the lease so a peer takes
+//! over without waiting for expiry.
+//!
+//! Timing. A renewal writes `renewTime` = the wall-clock time just before the write is
+//! sent; a peer may take over once its clock passes `renewTime + duration`. So the
+//! holder counts its term from when the renewing write was *sent* (not from when the
+//! answer arrived), on its monotonic clock, and stops leading at `sent + renew_deadline`
+//! (two thirds of the duration) unless a later renewal succeeded: strictly before any
+//! peer may take over, with a third of the duration as margin for clock skew between
+//! replicas. Each attempt is bounded by the time left in the term, and a timer ends the
+//! term at its deadline even while an attempt is in flight or between attempts. A write
+//! that arrives late carries the resourceVersion it read, so it cannot overwrite a
+//! peer's takeover (409).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -14,6 +23,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Bound on each Lease request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
@@ -31,11 +41,18 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// A holder that could not renew for this long stops leading: two thirds of the
-    /// duration, so it has stopped before anyone else may take over.
+    /// How long after sending a successful renewal the holder may lead: two thirds of
+    /// the duration, so it has stopped before anyone else may take over.
     fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
+}
+
+/// While leading: the reconciler's task and the end of the current term. A JoinSet, so
+/// that dropping the loop (a crash, or an aborted task) also stops the reconciler.
+struct Term {
+    task: JoinSet<()>,
+    until: Instant,
 }
 
 /// Runs `lead()` as a task while this replica holds the lease; returns after
@@ -51,51 +68,69 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let leases = Api::<Lease>::namespaced(client, &config.namespace);
-    // A JoinSet, so that dropping this future (a crash, or an aborted task) also stops
-    // the reconciler it started.
-    let mut leading: Option<(JoinSet<()>, Instant)> = None;
+    let stop =
+        |term: Term, why: &'static str| stop_leading(term.task, &leader, &config.identity, why);
+    let mut leading: Option<Term> = None;
     let mut ticks = tokio::time::interval(config.renew_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let until = leading.as_ref().map(|term| term.until);
         tokio::select! {
             _ = ticks.tick() => {}
             () = &mut shutdown => break,
+            () = term_end(until) => {
+                if let Some(term) = leading.take() {
+                    stop(term, "could not renew the lease in time").await;
+                }
+                continue;
+            }
         }
-        let attempt = tokio::time::timeout(REQUEST_TIMEOUT, acquire_or_renew(&leases, &config));
-        let holding = match attempt.await {
-            Ok(Ok(holding)) => Some(holding),
+        let budget = until.map_or(REQUEST_TIMEOUT, |until| {
+            until
+                .saturating_duration_since(Instant::now())
+                .min(REQUEST_TIMEOUT)
+        });
+        let held = match tokio::time::timeout(budget, acquire_or_renew(&leases, &config)).await {
+            Ok(Ok(held)) => Some(held),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "lease renewal failed");
                 None
             }
             Err(_) => {
-                tracing::warn!("lease renewal timed out");
+                tracing::warn!(after = ?budget, "lease renewal timed out");
                 None
             }
         };
-        leading = match (leading.take(), holding) {
-            (None, Some(true)) => {
+        let term_from = |sent: Instant| sent + config.renew_deadline();
+        leading = match (leading.take(), held) {
+            (None, Some(Some(sent))) if term_from(sent) > Instant::now() => {
                 tracing::info!(identity = %config.identity, lease = %config.name, "became leader");
                 leader.set(1);
                 let mut task = JoinSet::new();
                 task.spawn(lead());
-                Some((task, Instant::now()))
+                Some(Term {
+                    task,
+                    until: term_from(sent),
+                })
             }
-            (Some((task, _)), Some(true)) => Some((task, Instant::now())),
-            (Some((task, _)), Some(false)) => {
-                stop_leading(task, &leader, "another replica holds the lease").await;
+            (Some(term), Some(Some(sent))) => Some(Term {
+                until: term_from(sent),
+                ..term
+            }),
+            (Some(term), Some(None)) => {
+                stop(term, "another replica holds the lease").await;
                 None
             }
-            (Some((task, renewed)), None) if renewed.elapsed() >= config.renew_deadline() => {
-                stop_leading(task, &leader, "could not renew the lease in time").await;
+            (Some(term), None) if Instant::now() >= term.until => {
+                stop(term, "could not renew the lease in time").await;
                 None
             }
             (still, _) => still,
         };
     }
-    if let Some((task, _)) = leading {
-        stop_leading(task, &leader, "shutting down").await;
+    if let Some(term) = leading {
+        stop(term, "shutting down").await;
         match tokio::time::timeout(REQUEST_TIMEOUT, release(&leases, &config)).await {
             Ok(Ok(())) => tracing::info!("released the lease"),
             Ok(Err(error)) => tracing::warn!(%error, "releasing the lease failed"),
@@ -104,20 +139,35 @@ pub async fn run<F, Fut>(
     }
 }
 
-async fn stop_leading(mut task: JoinSet<()>, leader: &Gauge, why: &str) {
+/// Completes at the end of the term; never without one.
+async fn term_end(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn stop_leading(mut task: JoinSet<()>, leader: &Gauge, identity: &str, why: &str) {
     // Abort, not a graceful stop: a replica that may have lost the lease must not
     // start another write.
     task.shutdown().await;
     leader.set(0);
-    tracing::warn!(why, "stopped leading");
+    tracing::warn!(identity, why, "stopped leading");
 }
 
-/// Takes the lease if it is free or expired, renews it if held; `Ok(false)` when another
+/// Takes the lease if it is free or expired, renews it if held. `Some(sent)`, the
+/// moment the winning write was sent, when this replica holds it; `None` when another
 /// replica holds it (or won a race for it).
-async fn acquire_or_renew(leases: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
-    let now = Timestamp::now();
+async fn acquire_or_renew(
+    leases: &Api<Lease>,
+    config: &LeaseConfig,
+) -> Result<Option<Instant>, kube::Error> {
     let duration_seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
-    let Some(lease) = leases.get_opt(&config.name).await? else {
+    let current = leases.get_opt(&config.name).await?;
+    // Both clocks read together, after the read and just before the write: `renewTime`
+    // is what peers count from, `sent` is what this replica counts from.
+    let (sent, now) = (Instant::now(), Timestamp::now());
+    let Some(lease) = current else {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(config.name.clone()),
@@ -132,12 +182,12 @@ async fn acquire_or_renew(leases: &Api<Lease>, config: &LeaseConfig) -> Result<b
                 ..LeaseSpec::default()
             }),
         };
-        return won(leases.create(&PostParams::default(), &lease).await);
+        return won(leases.create(&PostParams::default(), &lease).await, sent);
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let mine = spec.holder_identity.as_deref() == Some(config.identity.as_str());
     if !mine && !is_free(&spec, now) {
-        return Ok(false);
+        return Ok(None);
     }
     let mut taken = lease;
     taken.spec = Some(LeaseSpec {
@@ -153,9 +203,12 @@ async fn acquire_or_renew(leases: &Api<Lease>, config: &LeaseConfig) -> Result<b
         ..spec
     });
     // The resourceVersion read above makes this a compare-and-swap.
-    won(leases
-        .replace(&config.name, &PostParams::default(), &taken)
-        .await)
+    won(
+        leases
+            .replace(&config.name, &PostParams::default(), &taken)
+            .await,
+        sent,
+    )
 }
 
 /// Nobody holds it, or the holder let it expire.
@@ -170,11 +223,11 @@ fn is_free(spec: &LeaseSpec, now: Timestamp) -> bool {
     !held || expires.is_none_or(|expires| expires <= now)
 }
 
-fn won(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+fn won(result: Result<Lease, kube::Error>, sent: Instant) -> Result<Option<Instant>, kube::Error> {
     match result {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(Some(sent)),
         Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
-            Ok(false)
+            Ok(None)
         }
         Err(error) => Err(error),
     }
