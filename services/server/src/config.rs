@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
 
 /// Setpoint API server: a gRPC API over Deployment replica counts, served over mutual
@@ -70,8 +71,20 @@ pub struct Config {
     pub protected_namespaces: Vec<String>,
 
     /// Time limit for a TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// TLS handshakes in progress from one source address; more from that address are
+    /// closed at once. Behind a load balancer that hides client addresses, raise it.
+    #[arg(long, default_value_t = 8,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_handshakes_per_source: usize,
+
+    /// TLS handshakes in progress in all; at the cap the oldest is closed to admit a
+    /// new one.
+    #[arg(long, default_value_t = 256,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_handshakes: usize,
 
     /// Time limit for one RPC.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

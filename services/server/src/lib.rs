@@ -51,7 +51,7 @@ use crate::lease::LeaseConfig;
 use crate::metrics::{ComponentLabels, Metrics, RpcMetricsLayer};
 use crate::reload::Reloader;
 use crate::replicas::Replicas;
-use crate::tls::TlsFiles;
+use crate::tls::{HandshakeLimits, TlsFiles};
 
 /// Largest request message: requests are a few names and numbers.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -226,8 +226,13 @@ impl Server {
         let incoming = tls::incoming(
             grpc_listener,
             tls_config,
-            config.handshake_timeout,
+            HandshakeLimits {
+                per_source: config.max_handshakes_per_source,
+                total: config.max_handshakes,
+                timeout: config.handshake_timeout,
+            },
             metrics.clone(),
+            &mut tasks,
         );
         let grpc = tonic::transport::Server::builder()
             .timeout(config.request_timeout)

@@ -30,6 +30,11 @@ pub struct ComponentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -43,6 +48,8 @@ pub struct Metrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     pub kube_requests: Family<ComponentLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    pub tls_handshakes_shed: Family<ReasonLabels, Counter>,
+    pub tls_handshakes_in_flight: Gauge,
     pub reload_failures: Counter,
     /// 1 while this replica holds the Lease and runs the reconciler.
     pub leader: Gauge,
@@ -59,6 +66,8 @@ impl Metrics {
             watch_restarts: Family::default(),
             kube_requests: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_handshakes_shed: Family::default(),
+            tls_handshakes_in_flight: Gauge::default(),
             reload_failures: Counter::default(),
             leader: Gauge::default(),
         };
@@ -91,6 +100,16 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed or timed-out TLS handshakes on the API port",
             metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshakes_shed",
+            "Connections closed before their TLS handshake: per_source_limit (a new one from a source at its cap) or total_limit (the oldest, to admit a new one)",
+            metrics.tls_handshakes_shed.clone(),
+        );
+        registry.register(
+            "tls_handshakes_in_flight",
+            "TLS handshakes in progress on the API port",
+            metrics.tls_handshakes_in_flight.clone(),
         );
         registry.register(
             "reload_failures",

@@ -1,7 +1,10 @@
 //! The one place the API's TLS is configured: rustls with the ring provider, TLS 1.3
 //! only, a client certificate required and verified against the client CA bundle; and
-//! the accept loop that runs handshakes concurrently, each with a deadline.
+//! the accept loop that runs handshakes concurrently, each with a deadline, within
+//! per-source and total caps, so that no peer can stop others from connecting.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +16,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::Sender;
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::reload::Shared;
 
-/// Handshakes in progress at once; further connections wait in the listen backlog.
-const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// After a failed accept (e.g. no file descriptors left), before the next.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The files the TLS configuration is built from.
 #[derive(Clone, Debug)]
@@ -89,40 +94,159 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
     Ok(config)
 }
 
-/// TLS connections accepted on `listener`: each handshake uses the configuration current
-/// when the connection arrived, runs concurrently with the others and is dropped after
-/// `timeout`. Failed handshakes are counted and logged, never returned to the server.
+/// Bounds on connections that have not completed their TLS handshake, the only state
+/// an unauthenticated peer can make the server hold.
+#[derive(Clone, Copy, Debug)]
+pub struct HandshakeLimits {
+    /// Handshakes in progress from one source address; a new connection from a source at
+    /// its cap is closed at once.
+    pub per_source: usize,
+    /// Handshakes in progress in all; at the cap, the oldest is shed to admit a new one.
+    pub total: usize,
+    pub timeout: Duration,
+}
+
+/// TLS connections accepted on `listener`. The accept loop never stops accepting: each
+/// handshake runs in its own task with the configuration current when the connection
+/// arrived and a deadline, within [`HandshakeLimits`] (what they shed is counted).
+/// Failed handshakes are counted and logged, never returned to the server. The loop
+/// runs on `tasks` and ends when the returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Shared<ServerConfig>,
+    limits: HandshakeLimits,
+    metrics: Metrics,
+    tasks: &mut JoinSet<()>,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<> {
+    // Established connections wait here for the server to take them.
+    let (connections, established) = tokio::sync::mpsc::channel(64);
+    tasks.spawn(accept(listener, config, limits, metrics, connections));
+    ReceiverStream::new(established).map(Ok)
+}
+
+async fn accept(
+    listener: TcpListener,
+    config: Shared<ServerConfig>,
+    limits: HandshakeLimits,
+    metrics: Metrics,
+    connections: Sender<TlsStream<TcpStream>>,
+) {
+    // Dropping the set (when this loop ends) aborts the handshakes in progress.
+    let mut handshakes = JoinSet::new();
+    let mut in_flight = InFlight::default();
+    loop {
+        tokio::select! {
+            () = connections.closed() => return,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // E.g. out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let source = peer.ip();
+                if in_flight.from(source) >= limits.per_source {
+                    shed(&metrics, "per_source_limit", peer);
+                    continue;
+                }
+                if in_flight.len() >= limits.total
+                    && let Some((_, oldest)) = in_flight.oldest()
+                {
+                    oldest.abort();
+                    shed(&metrics, "total_limit", peer);
+                }
+                // Small gRPC responses must not wait for delayed ACKs (Nagle).
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "setting TCP_NODELAY failed");
+                }
+                let handshake = handshake(TlsAcceptor::from(config.current()), tcp, peer, limits.timeout, metrics.clone());
+                let task = handshakes.spawn(handshake);
+                in_flight.add(task.id(), source, task);
+            }
+            Some(done) = handshakes.join_next_with_id() => {
+                let (id, established) = match done {
+                    Ok((id, established)) => (id, established),
+                    Err(error) => (error.id(), None),
+                };
+                in_flight.remove(id);
+                if let Some(tls) = established
+                    && connections.send(tls).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+        metrics
+            .tls_handshakes_in_flight
+            .set(i64::try_from(in_flight.len()).unwrap_or(i64::MAX));
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
     timeout: Duration,
     metrics: Metrics,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
-    TcpListenerStream::new(listener)
-        .filter_map(|accepted| async move {
-            accepted
-                .inspect_err(|error| tracing::warn!(%error, "accepting a connection failed"))
-                .ok()
-        })
-        .map(move |tcp| {
-            // Small gRPC responses must not wait for delayed ACKs (Nagle).
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "setting TCP_NODELAY failed");
+) -> Option<TlsStream<TcpStream>> {
+    let failure = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => return Some(tls),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no handshake within {timeout:?}"),
+    };
+    metrics.tls_handshake_failures.inc();
+    tracing::info!(%peer, %failure, "TLS handshake failed");
+    None
+}
+
+fn shed(metrics: &Metrics, reason: &'static str, peer: SocketAddr) {
+    metrics
+        .tls_handshakes_shed
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+    tracing::debug!(%peer, reason, "connection shed before its handshake");
+}
+
+/// The handshakes in progress, oldest first, and how many come from each source.
+#[derive(Default)]
+struct InFlight {
+    order: VecDeque<(Id, IpAddr, AbortHandle)>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn from(&self, source: IpAddr) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    fn oldest(&self) -> Option<(IpAddr, &AbortHandle)> {
+        self.order.front().map(|(_, source, task)| (*source, task))
+    }
+
+    fn add(&mut self, id: Id, source: IpAddr, task: AbortHandle) {
+        self.order.push_back((id, source, task));
+        *self.per_source.entry(source).or_insert(0) += 1;
+    }
+
+    /// Forgets a finished (or aborted) handshake. A linear scan: at most `total` entries.
+    fn remove(&mut self, id: Id) {
+        let Some(index) = self.order.iter().position(|(task, _, _)| *task == id) else {
+            return;
+        };
+        if let Some((_, source, _)) = self.order.remove(index)
+            && let Some(count) = self.per_source.get_mut(&source)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
             }
-            let acceptor = TlsAcceptor::from(config.current());
-            let metrics = metrics.clone();
-            async move {
-                let peer = tcp.peer_addr().ok();
-                let failure = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => return Some(Ok(tls)),
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => format!("no handshake within {timeout:?}"),
-                };
-                metrics.tls_handshake_failures.inc();
-                tracing::info!(?peer, %failure, "TLS handshake failed");
-                None
-            }
-        })
-        .buffer_unordered(MAX_CONCURRENT_HANDSHAKES)
-        .filter_map(std::future::ready)
+        }
+    }
 }

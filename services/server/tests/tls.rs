@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +151,36 @@ async fn stalled_handshakes_time_out_without_blocking_others() {
         .expect("the server closes a stalled handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "closed, got {read:?}");
     assert!(server.metric("setpoint_tls_handshake_failures_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_from_one_source_does_not_lock_out_others() {
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    // One host opens a thousand connections (fifty at a time) and never speaks.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let batch = (0..50).map(|_| {
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(server.grpc))
+        });
+        for connected in futures::future::join_all(batch).await {
+            flood.extend(connected.ok().and_then(Result::ok));
+        }
+    }
+    let mut client = server
+        .client_from(OPERATOR, IpAddr::from([127, 0, 0, 2]))
+        .await;
+    tokio::time::timeout(Duration::from_secs(1), list(&mut client))
+        .await
+        .expect("another host is answered within a second despite the flood")
+        .expect("listed");
+    // The flood was shed rather than queued: handshakes in flight stay within the
+    // per-source cap, so the server's memory for them is bounded.
+    let shed = server.metric("setpoint_tls_handshakes_shed_total").await;
+    assert!(shed >= 900.0, "shed {shed}");
+    let in_flight = server.metric("setpoint_tls_handshakes_in_flight").await;
+    assert!(in_flight <= 8.0, "in flight {in_flight}");
+    drop(flood);
 }
 
 #[tokio::test]

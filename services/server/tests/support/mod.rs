@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -207,11 +207,33 @@ impl Setpoint {
             .expect("connect")
     }
 
+    /// An mTLS client for `identity` whose connections come from the loopback address
+    /// `source` (any of 127.0.0.0/8), so tests can act as several hosts.
+    pub async fn client_from(
+        &self,
+        identity: &str,
+        source: IpAddr,
+    ) -> ReplicaServiceClient<Channel> {
+        let (cert, key) = self.pki.client(identity);
+        self.connect(Some((cert, key)), self.pki.ca.cert_pem(), Some(source))
+            .await
+            .expect("connect")
+    }
+
     /// A client with any (or no) certificate and trusted CA, for TLS failure tests.
     pub async fn client_with(
         &self,
         identity: Option<(String, String)>,
         server_ca_pem: &str,
+    ) -> Result<ReplicaServiceClient<Channel>, tonic::transport::Error> {
+        self.connect(identity, server_ca_pem, None).await
+    }
+
+    async fn connect(
+        &self,
+        identity: Option<(String, String)>,
+        server_ca_pem: &str,
+        source: Option<IpAddr>,
     ) -> Result<ReplicaServiceClient<Channel>, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(server_ca_pem))
@@ -221,6 +243,7 @@ impl Setpoint {
         }
         let channel = Channel::from_shared(format!("https://{}", self.grpc))
             .expect("url")
+            .local_address(source)
             .tls_config(tls)?
             .connect_lazy();
         Ok(ReplicaServiceClient::new(channel))
