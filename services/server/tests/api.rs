@@ -580,7 +580,8 @@ async fn stale_expected_version_is_aborted() {
 #[tokio::test]
 async fn racing_writers_with_the_same_expected_version_have_one_winner() {
     let namespace = namespace_with("race", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    // Eight writes at once: a burst that large must be allowed.
+    let server = Setpoint::start_with("setpoint", &["--write-burst=8"]).await;
     server.wait_until_ready().await;
     let client = server.client(OPERATOR).await;
 
