@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "SETPOINT_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How long each watch request of the cache lasts before it is renewed; a renewal
+    /// is also when revoked permissions are noticed.
+    #[arg(long, default_value = "290s", value_parser = parse_duration)]
+    pub watch_timeout: Duration,
+
     /// How often Kubernetes connectivity is probed (GET /version) for health.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub probe_interval: Duration,

@@ -1,6 +1,9 @@
-//! Readiness: "serving" means the watch cache has synced **and** the Kubernetes API
-//! answered a bounded probe recently. The same answer drives `grpc.health.v1` on the API
-//! port and `/readyz` on the HTTP port.
+//! Readiness: "serving" means the answers are fresh: the watch cache has synced, no
+//! watch has kept failing for longer than the probe window, and the Kubernetes API
+//! answered a bounded probe within it. The same answer drives `grpc.health.v1` on the
+//! API port and `/readyz` on the HTTP port; when it is "no", the reasons say why (and a
+//! log line when they change). Reads keep being answered from the cache meanwhile:
+//! readiness takes the replica out of the Service, it does not refuse callers.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,39 +17,66 @@ use crate::cache::Cache;
 
 /// Bound on one connectivity probe: the kube client has no read timeout of its own.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A probe older than this many intervals no longer counts as "reachable".
+/// A probe older than this many intervals no longer counts as "reachable", and a watch
+/// failing for as long makes answers stale.
 const PROBES_BEFORE_UNREADY: u32 = 3;
 /// How often readiness is re-evaluated (the cache may sync between probes).
 const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Readiness {
     cache: Cache,
-    last_contact: Mutex<Option<Instant>>,
+    probes: Mutex<Probes>,
     max_age: Duration,
+}
+
+#[derive(Default)]
+struct Probes {
+    last_contact: Option<Instant>,
+    last_error: Option<String>,
 }
 
 impl Readiness {
     pub fn new(cache: Cache, probe_interval: Duration) -> Self {
         Self {
             cache,
-            last_contact: Mutex::new(None),
+            probes: Mutex::default(),
             max_age: probe_interval * PROBES_BEFORE_UNREADY,
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        let last_contact = *self
+    /// Why this replica is not ready; empty when it is.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.cache.is_synced() {
+            problems.push("the watch cache has not synced yet".to_owned());
+        }
+        problems.extend(self.cache.failing_watches(self.max_age));
+        let probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        if probes
             .last_contact
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.cache.is_synced() && last_contact.is_some_and(|at| at.elapsed() < self.max_age)
+            .is_none_or(|at| at.elapsed() >= self.max_age)
+        {
+            let error = probes.last_error.as_deref().unwrap_or("no answer yet");
+            problems.push(format!(
+                "the Kubernetes API server did not answer a probe in the last {}s ({error}); \
+                 if Setpoint was just installed, check that its NetworkPolicy allows egress \
+                 to the API server",
+                self.max_age.as_secs()
+            ));
+        }
+        problems
     }
 
-    fn record_contact(&self) {
-        *self
-            .last_contact
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    pub fn is_ready(&self) -> bool {
+        self.problems().is_empty()
+    }
+
+    fn record_probe(&self, result: Result<(), String>) {
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(()) => probes.last_contact = Some(Instant::now()),
+            Err(error) => probes.last_error = Some(error),
+        }
     }
 }
 
@@ -63,23 +93,31 @@ pub async fn run(
     loop {
         if last_probe.is_none_or(|at| at.elapsed() >= interval) {
             last_probe = Some(Instant::now());
-            match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
-                Ok(Ok(_)) => readiness.record_contact(),
-                Ok(Err(error)) => tracing::warn!(%error, "Kubernetes API probe failed"),
-                Err(_) => tracing::warn!("Kubernetes API probe timed out after {PROBE_TIMEOUT:?}"),
+            let probe = match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("timed out after {PROBE_TIMEOUT:?}")),
+            };
+            if let Err(error) = &probe {
+                tracing::warn!(%error, "Kubernetes API probe failed");
             }
+            readiness.record_probe(probe);
         }
-        let ready = readiness.is_ready();
-        if reported != Some(ready) {
-            let status = if ready {
+        // Logged when readiness flips, with the reasons of that moment (they carry
+        // durations, so comparing them would log every second).
+        let problems = readiness.problems();
+        if reported != Some(problems.is_empty()) {
+            let status = if problems.is_empty() {
+                tracing::info!("ready");
                 ServingStatus::Serving
             } else {
+                tracing::warn!(reasons = %problems.join("; "), "not ready");
                 ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
             reporter.set_service_status(SERVICE_NAME, status).await;
-            tracing::info!(ready, "readiness changed");
-            reported = Some(ready);
+            reported = Some(problems.is_empty());
         }
         tokio::time::sleep(EVALUATE_EVERY).await;
     }

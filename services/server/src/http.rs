@@ -30,12 +30,13 @@ pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
 }
 
 async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
-    if probes.readiness.is_ready() {
-        (StatusCode::OK, "ok")
+    let problems = probes.readiness.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: watch cache not synced or Kubernetes API unreachable",
+            format!("not ready: {}\n", problems.join("; ")),
         )
     }
 }

@@ -162,7 +162,7 @@ impl Server {
         } = self;
         // Dropping the set aborts every task in it.
         let mut tasks = JoinSet::new();
-        let cache = Cache::start(&client, &metrics, &mut tasks);
+        let cache = Cache::start(&client, config.watch_timeout, &metrics, &mut tasks);
         let readiness = Arc::new(Readiness::new(cache.clone(), config.probe_interval));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tasks.spawn(health::run(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
@@ -715,6 +716,53 @@ async fn without_rbac_the_cache_never_syncs_and_reads_are_unavailable() {
         || async { (server.metric("setpoint_watch_restarts_total").await > 0.0).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn readiness_fails_while_a_watch_keeps_failing_and_recovers_with_it() {
+    let namespace = namespace_with("revoked", &[("web", 1)]).await;
+    // Setpoint's ClusterRole, bound to a ServiceAccount of this test only.
+    let bindings = Api::<ClusterRoleBinding>::all(admin().await);
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "setpoint-revocable"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "setpoint"},
+        "subjects": [{"kind": "ServiceAccount", "name": "revocable", "namespace": "setpoint"}],
+    }))
+    .expect("binding");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind");
+    let server =
+        Setpoint::start_with("revocable", &["--watch-timeout=1s", "--probe-interval=1s"]).await;
+    server.wait_until_ready().await;
+    let mut client = server.client(OPERATOR).await;
+
+    // Revoked: the watches fail at their next renewal and readiness says why.
+    bindings
+        .delete("setpoint-revocable", &Default::default())
+        .await
+        .expect("revoke");
+    let body = testenv::wait_for("readiness to fail", || async {
+        let (code, body) = server.http_get("/readyz").await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("watch of"), "{body}");
+    assert!(body.contains("forbidden"), "{body}");
+    // Reads are still answered from the last state the cache saw.
+    assert!(get(&mut client, &namespace, "web").await.is_ok());
+
+    // Restored: the watches recover and so does readiness.
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind again");
+    server.wait_until_ready().await;
+    bindings
+        .delete("setpoint-revocable", &Default::default())
+        .await
+        .expect("clean up");
 }
 
 #[tokio::test]
