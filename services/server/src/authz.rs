@@ -2,16 +2,14 @@
 //! identity comes from its verified client certificate ([`crate::identity`]), the
 //! method's permission from [`crate::methods`], the decision from the policy. Anything
 //! not granted is denied. The handlers get
-//! the [`Caller`] in the request extensions, and every RPC runs in a span carrying its
-//! method and identity (the handler adds the target).
+//! the [`Caller`] in the request extensions; the identity is recorded in the RPC's span
+//! ([`crate::access`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use setpoint_core::{AUDIT, Caller, Error, Policy};
-use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::reload::Shared;
 use crate::{identity, methods};
@@ -70,15 +68,13 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let method = methods::label(request.uri().path());
-        let span = tracing::info_span!("rpc", method, identity = Empty, target = Empty);
-        match span.in_scope(|| self.layer.authorize(&request)) {
+        match self.layer.authorize(&request) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(request).instrument(span))
+                Box::pin(self.inner.call(request))
             }
             Err(error) => {
-                span.in_scope(|| tracing::warn!(target: AUDIT, %error, "request denied"));
+                tracing::warn!(target: AUDIT, %error, "request denied");
                 let status = tonic::Status::from(crate::Error::from(error));
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }

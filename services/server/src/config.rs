@@ -125,6 +125,12 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub lease_renew_interval: Duration,
 
+    /// Access log (target `setpoint::access`): every failed or denied call and every
+    /// write is logged; successful reads one in N.
+    #[arg(long, env = "SETPOINT_ACCESS_LOG_SAMPLE", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub access_log_sample: u64,
+
     /// Log format.
     #[arg(long, env = "SETPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -4,9 +4,11 @@
 //! reloading, leader election (the leader runs the reconciler) and both servers, and
 //! shuts everything down when the given signal fires.
 //!
-//! Requests flow: [`tls`] → [`authz`] (identity, permission, rate limit) → [`grpc`]
-//! (protobuf ↔ domain) → [`replicas`] (reads from [`cache`], writes to the setpoint).
+//! Requests flow: [`tls`] → [`access`] (span, metrics, access log) → [`authz`]
+//! (identity, permission) → [`grpc`] (protobuf ↔ domain) → [`replicas`] (reads from
+//! [`cache`]; writes, within the caller's write budget, to the setpoint).
 
+pub mod access;
 pub mod authz;
 pub mod cache;
 pub mod config;
@@ -43,12 +45,13 @@ use tower::util::MapRequestLayer;
 pub use crate::config::Config;
 pub use crate::error::Error;
 
+use crate::access::AccessLayer;
 use crate::authz::AuthorizationLayer;
 use crate::cache::Cache;
 use crate::grpc::ReplicaApi;
 use crate::health::Readiness;
 use crate::lease::LeaseConfig;
-use crate::metrics::{ComponentLabels, Metrics, RpcMetricsLayer};
+use crate::metrics::{ComponentLabels, Metrics};
 use crate::reload::Reloader;
 use crate::replicas::Replicas;
 use crate::tls::{HandshakeLimits, TlsFiles};
@@ -240,7 +243,7 @@ impl Server {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_connection_age(config.max_connection_age)
-            .layer(RpcMetricsLayer(metrics))
+            .layer(AccessLayer::new(metrics, config.access_log_sample))
             .layer(AuthorizationLayer {
                 policy: current_policy,
             })

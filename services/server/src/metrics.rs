@@ -1,10 +1,4 @@
-//! Prometheus metrics, served on the HTTP port, and the tower layer that records one
-//! sample per RPC.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
+//! Prometheus metrics, served on the HTTP port. [`crate::access`] records the RPCs'.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -122,73 +116,5 @@ impl Metrics {
             metrics.leader.clone(),
         );
         metrics
-    }
-}
-
-/// Records request count, status code and latency for every gRPC call.
-#[derive(Clone)]
-pub struct RpcMetricsLayer(pub Metrics);
-
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    metrics: Metrics,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = crate::methods::label(request.uri().path());
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            // Errors of unary calls come back "trailers-only": grpc-status in the
-            // headers. Without it the call succeeded.
-            let code = match &response {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|code| code.to_str().ok())
-                    .map(|code| tonic::Code::from_bytes(code.as_bytes()))
-                    .unwrap_or(tonic::Code::Ok),
-                Err(_) => tonic::Code::Unknown,
-            };
-            metrics
-                .rpc_requests
-                .get_or_create(&RpcLabels {
-                    method,
-                    code: format!("{code:?}"),
-                })
-                .inc();
-            metrics
-                .rpc_duration
-                .get_or_create(&MethodLabels { method })
-                .observe(started.elapsed().as_secs_f64());
-            response
-        })
     }
 }

@@ -44,8 +44,8 @@ impl<T> Shared<T> {
 /// mounted Secrets and ConfigMaps by swapping a symlink.
 pub struct Reloader<T> {
     what: &'static str,
-    files: Vec<PathBuf>,
-    load: Box<dyn Fn() -> Result<T, Error> + Send + Sync>,
+    files: Arc<[PathBuf]>,
+    load: Arc<dyn Fn() -> Result<T, Error> + Send + Sync>,
     shared: Shared<T>,
     fingerprint: u64,
     failures: Counter,
@@ -62,8 +62,8 @@ impl<T: Send + Sync + 'static> Reloader<T> {
         let shared = Shared::new(load()?);
         Ok(Self {
             what,
-            files,
-            load: Box::new(load),
+            files: files.into(),
+            load: Arc::new(load),
             shared,
             fingerprint,
             failures,
@@ -74,17 +74,29 @@ impl<T: Send + Sync + 'static> Reloader<T> {
         self.shared.clone()
     }
 
-    /// Polls the files until the task is dropped.
+    /// Polls the files until the task is dropped. File reads and loading run on the
+    /// blocking pool, off the async runtime.
     pub async fn run(mut self, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let current = fingerprint(&self.files);
-            if current == self.fingerprint {
-                continue;
-            }
-            match (self.load)() {
+            let (files, load) = (self.files.clone(), self.load.clone());
+            let current = self.fingerprint;
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let now = fingerprint(&files);
+                (now != current).then(|| (now, load()))
+            })
+            .await;
+            let (current, loaded) = match reloaded {
+                Ok(Some(changed)) => changed,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(what = self.what, %error, "reading the files failed");
+                    continue;
+                }
+            };
+            match loaded {
                 Ok(value) => {
                     self.shared.replace(value);
                     self.fingerprint = current;

@@ -534,6 +534,50 @@ async fn every_stored_change_has_its_audit_event_even_when_the_caller_gives_up()
 }
 
 #[tokio::test]
+async fn every_call_is_in_the_access_log_with_identity_method_target_code_and_latency() {
+    let logs = support::logs();
+    let namespace = namespace_with("accessed", &[("web", 1)]).await;
+    let server = Setpoint::start_with("setpoint", &["--access-log-sample=1"]).await;
+    server.wait_until_ready().await;
+    get(&mut server.client(OPERATOR).await, &namespace, "web")
+        .await
+        .expect("read");
+    server
+        .client(VIEWER)
+        .await
+        .set_replicas(set_request(&namespace, "web", 2))
+        .await
+        .expect_err("a viewer may not write");
+    let target = format!("{namespace}/web");
+    let entries = testenv::wait_for("both calls in the access log", || async {
+        let entries: Vec<_> = logs
+            .events("setpoint::access")
+            .into_iter()
+            .filter(|entry| {
+                entry["span"]["resource"] == target.as_str() || {
+                    entry["span"]["identity"] == VIEWER
+                        && entry["span"]["method"] == "/setpoint.v1.ReplicaService/SetReplicas"
+                }
+            })
+            .collect();
+        (entries.len() >= 2).then_some(entries)
+    })
+    .await;
+    let read = entries
+        .iter()
+        .find(|entry| entry["span"]["method"] == "/setpoint.v1.ReplicaService/GetReplicas")
+        .expect("the read");
+    assert_eq!(read["span"]["identity"], OPERATOR, "{read}");
+    assert_eq!(read["code"], "Ok", "{read}");
+    assert!(read["latency_ms"].is_number(), "{read}");
+    let denied = entries
+        .iter()
+        .find(|entry| entry["span"]["identity"] == VIEWER)
+        .expect("the denied write");
+    assert_eq!(denied["code"], "PermissionDenied", "{denied}");
+}
+
+#[tokio::test]
 async fn stale_expected_version_is_aborted() {
     let namespace = namespace_with("version", &[("web", 1)]).await;
     let server = Setpoint::start("setpoint").await;

@@ -28,7 +28,7 @@ impl ReplicaService for ReplicaApi {
     ) -> Result<Response<ListDeploymentsResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        tracing::Span::current().record("target", request.namespace.as_str());
+        tracing::Span::current().record("resource", request.namespace.as_str());
         let page = self.0.list(
             &caller,
             ListRequest {
@@ -96,6 +96,6 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 /// The Deployment a request names, validated, and recorded in the RPC's span.
 fn target(deployment: Option<&setpoint_api::v1::DeploymentRef>) -> Result<DeploymentKey, Status> {
     let key = convert::key(deployment).map_err(crate::Error::from)?;
-    tracing::Span::current().record("target", key.to_string());
+    tracing::Span::current().record("resource", key.to_string());
     Ok(key)
 }
