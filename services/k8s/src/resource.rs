@@ -6,8 +6,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Upper bound in the schema, a backstop behind the server's `--max-replicas`.
-pub const SCHEMA_MAX_REPLICAS: i32 = 10_000;
+/// Upper bound in the schema: the server's default `--max-replicas` (which may only be
+/// lowered), so that a setpoint written around the API cannot ask for more either.
+pub const SCHEMA_MAX_REPLICAS: i32 = 1_000;
 
 /// The condition type the reconciler maintains.
 pub const CONDITION_RECONCILED: &str = "Reconciled";

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
+use setpoint_k8s::resource::SCHEMA_MAX_REPLICAS;
 
 /// Setpoint API server: a gRPC API over Deployment replica counts, served over mutual
 /// TLS. Kubernetes access comes from the in-cluster ServiceAccount or `$KUBECONFIG`.
@@ -41,9 +42,9 @@ pub struct Config {
     #[arg(long, env = "SETPOINT_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
-    /// Largest replica count SetReplicas accepts.
-    #[arg(long, env = "SETPOINT_MAX_REPLICAS", default_value_t = 1000,
-          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    /// Largest replica count SetReplicas accepts; at most the CRD schema's bound (1000).
+    #[arg(long, env = "SETPOINT_MAX_REPLICAS", default_value_t = SCHEMA_MAX_REPLICAS,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(SCHEMA_MAX_REPLICAS)))]
     pub max_replicas: i32,
 
     /// SetReplicas calls each client identity may make per minute on this replica (one

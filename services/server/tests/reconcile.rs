@@ -93,9 +93,14 @@ async fn a_deployment_scaled_by_an_hpa_is_left_alone() {
         .create(&PostParams::default(), &autoscaler_for("web"))
         .await
         .expect("HPA");
-    // SetReplicas refuses (see the API tests), so write the setpoint directly, as a
-    // GitOps tool might.
-    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin, &namespace);
+    // SetReplicas refuses (see the API tests), so write the setpoint directly, as only
+    // the break-glass group may (k8s/base/admission.yaml).
+    let break_glass = testenv::shared()
+        .await
+        .client_as("oncall", &["system:masters", "setpoint:break-glass"])
+        .await
+        .expect("break-glass client");
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(break_glass, &namespace);
     let setpoint = ReplicaSetpoint::new(
         "web",
         ReplicaSetpointSpec {

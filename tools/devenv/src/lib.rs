@@ -17,7 +17,7 @@ use kube::api::{Patch, PatchParams};
 use testenv::ControlPlane;
 
 /// The manifests applied, in order.
-pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "rbac.yaml"];
+pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "admission.yaml", "rbac.yaml"];
 /// Setpoint's namespace and ServiceAccount in those manifests.
 pub const NAMESPACE: &str = "setpoint";
 pub const SERVICE_ACCOUNT: &str = "setpoint";

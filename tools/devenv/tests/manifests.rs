@@ -9,7 +9,9 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+use kube::core::GroupVersionKind;
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
@@ -142,6 +144,115 @@ async fn the_service_account_can_do_exactly_what_setpoint_needs() {
             !allowed(&setpoint, attributes(check)).await,
             "must be denied: {check}"
         );
+    }
+}
+
+#[tokio::test]
+async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
+    let control_plane = applied().await;
+    let namespace = control_plane
+        .namespace("side-door")
+        .await
+        .expect("namespace");
+    // A user whose RBAC allows writing setpoints (e.g. a broad "edit" role), and the
+    // same RBAC for the break-glass group (the policy adds no rights, it only refuses).
+    let admin = control_plane.admin_client().await.expect("admin");
+    let writer: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "setpoint-test-writer"},
+        "rules": [{"apiGroups": ["setpoint.dev"], "resources": ["replicasetpoints"],
+                   "verbs": ["create", "update", "patch", "get"]}],
+    }))
+    .expect("role");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "setpoint-test-writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "setpoint-test-writer"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "setpoint:break-glass"},
+        ],
+    }))
+    .expect("binding");
+    for result in [
+        Api::<ClusterRole>::all(admin.clone())
+            .create(&PostParams::default(), &writer)
+            .await
+            .map(|_| ()),
+        Api::<ClusterRoleBinding>::all(admin)
+            .create(&PostParams::default(), &binding)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            other => other.expect("RBAC for the test user"),
+        }
+    }
+    let setpoint = |name: &str, replicas: i32| {
+        serde_json::json!({
+            "apiVersion": "setpoint.dev/v1alpha1", "kind": "ReplicaSetpoint",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "deploymentUid": "uid-web"},
+        })
+    };
+    let create = |client: Client, name: &'static str, replicas: i32| {
+        let namespace = namespace.clone();
+        let object = setpoint(name, replicas);
+        async move {
+            let api = Api::<DynamicObject>::namespaced_with(
+                client,
+                &namespace,
+                &ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
+                    "replicasetpoints",
+                ),
+            );
+            let object: DynamicObject = serde_json::from_value(object).expect("object");
+            api.create(&PostParams::default(), &object).await
+        }
+    };
+
+    let mallory = control_plane
+        .client_as("mallory", &["system:authenticated"])
+        .await
+        .expect("client");
+    let refused = testenv::wait_for("the admission policy to refuse mallory", || async {
+        match create(mallory.clone(), "web", 3).await {
+            Err(kube::Error::Api(status)) if status.code == 403 => Some(status),
+            Ok(_) => panic!("mallory wrote a setpoint past the API"),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        refused.message.contains("through Setpoint's API"),
+        "{}",
+        refused.message
+    );
+
+    let setpoint_account = Client::try_from(
+        control_plane
+            .service_account_config(devenv::NAMESPACE, devenv::SERVICE_ACCOUNT)
+            .await
+            .expect("config"),
+    )
+    .expect("client");
+    create(setpoint_account.clone(), "api", 3)
+        .await
+        .expect("Setpoint's ServiceAccount writes setpoints");
+    let break_glass = control_plane
+        .client_as("oncall", &["system:authenticated", "setpoint:break-glass"])
+        .await
+        .expect("client");
+    create(break_glass, "worker", 3)
+        .await
+        .expect("the break-glass group writes setpoints");
+
+    // The schema's bound is the server's default --max-replicas.
+    match create(setpoint_account, "huge", 1001).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 422, "{}", status.message),
+        Ok(_) => panic!("1001 replicas passed the schema"),
+        Err(error) => panic!("{error}"),
     }
 }
 

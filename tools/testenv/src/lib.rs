@@ -296,6 +296,16 @@ impl ControlPlane {
         Ok(config)
     }
 
+    /// A client that acts as `user` in `groups` (the admin impersonating them): for
+    /// checking what RBAC and admission let a given user or group do.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client, Error> {
+        let mut config = self.admin_config().await?;
+        config.auth_info.impersonate = Some(user.into());
+        config.auth_info.impersonate_groups =
+            Some(groups.iter().map(|group| (*group).to_owned()).collect());
+        Ok(Client::try_from(config)?)
+    }
+
     /// Writes a kubeconfig file (mode 0600: it holds a token) for the ServiceAccount
     /// `namespace/name`, for processes started outside the test.
     pub async fn write_service_account_kubeconfig(
