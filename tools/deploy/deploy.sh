@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make deploy`: Setpoint on a local KIND cluster (needs Docker). Creates or reuses the
-# cluster, loads the image, creates the TLS Secret from the dev PKI, allows egress to
-# this cluster's API server, applies k8s/base, waits for the rollout, and runs a smoke
-# test through a port-forward with setpointctl. `deploy.sh down` removes Setpoint;
+# cluster, loads the image, creates the TLS Secret and client-CA ConfigMap from the dev
+# PKI, allows egress to this cluster's API server, applies k8s/base, waits for the
+# rollout, and runs a smoke test through a port-forward with setpointctl. `deploy.sh down` removes Setpoint;
 # `deploy.sh kind-down` deletes the cluster.
 set -euo pipefail
 
@@ -30,12 +30,15 @@ fi
 echo "deploy: loading the image ..." >&2
 "$kind" load image-archive target/image/setpoint-server.tar --name "$cluster"
 
-echo "deploy: dev PKI and TLS Secret ..." >&2
+echo "deploy: dev PKI, TLS Secret and client CA ..." >&2
 cargo run --quiet --locked -p devpki -- --out .dev/pki
 $kubectl apply -f k8s/base/namespace.yaml
 $kubectl -n setpoint create secret generic setpoint-tls \
   --from-file=tls.crt=.dev/pki/server.crt --from-file=tls.key=.dev/pki/server.key \
   --from-file=ca.crt=.dev/pki/ca.crt --dry-run=client -o yaml | $kubectl apply -f -
+# Client certificates chain to their own CA, not to the server certificate's issuer.
+$kubectl -n setpoint create configmap setpoint-client-ca \
+  --from-file=ca.crt=.dev/pki/client-ca.crt --dry-run=client -o yaml | $kubectl apply -f -
 
 # The NetworkPolicy in k8s/base allows no egress; add this cluster's API server. On
 # KIND that is the control-plane node's address behind the `kubernetes` Service.

@@ -283,6 +283,39 @@ async fn the_deployment_passes_restricted_pod_security_admission() {
 }
 
 #[test]
+fn client_certificates_are_verified_against_their_own_ca() {
+    let deployment: Deployment = parse("deployment.yaml");
+    let pod = deployment
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    let client_ca = container
+        .args
+        .iter()
+        .flatten()
+        .find_map(|arg| arg.strip_prefix("--client-ca="))
+        .expect("--client-ca");
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|mount| client_ca.starts_with(&format!("{}/", mount.mount_path)))
+        .expect("the client CA is on a mounted volume");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| volume.name == mount.name)
+        .expect("volume");
+    assert_eq!(
+        volume.config_map.as_ref().map(|map| map.name.as_str()),
+        Some("setpoint-client-ca"),
+        "not the server's Secret: its issuer must not be able to mint client certificates"
+    );
+}
+
+#[test]
 fn the_deployment_is_hardened() {
     let deployment: Deployment = parse("deployment.yaml");
     let spec = deployment.spec.expect("spec");

@@ -1,5 +1,5 @@
-//! Short-lived development and test PKI: one CA that issues ECDSA P-256 server and
-//! client certificates. Nothing here is meant for production, where cert-manager issues
+//! Short-lived development and test PKI: CAs that issue ECDSA P-256 server and client
+//! certificates. Nothing here is meant for production, where cert-manager issues
 //! Setpoint's certificates (see RFD 0001).
 
 use std::fs;
@@ -42,21 +42,25 @@ pub const DEV_IDENTITIES: &[(&str, &str)] = &[
     ("viewer", "spiffe://setpoint.dev/viewer"),
 ];
 
-/// Writes the development PKI into `dir`: `ca.crt`, `server.{crt,key}` and
-/// `<identity>.{crt,key}` for each of [`DEV_IDENTITIES`]. Keys are mode 0600; the CA key
-/// is never written, so nothing else can be issued from it later.
+/// Writes the development PKI into `dir`: `ca.crt` (the server CA, which clients trust)
+/// and `server.{crt,key}`; `client-ca.crt` (a separate CA, which the server trusts) and
+/// `<identity>.{crt,key}` for each of [`DEV_IDENTITIES`]. Two CAs, so that whoever can
+/// obtain a server certificate cannot mint client identities. Keys are mode 0600; the
+/// CA keys are never written, so nothing else can be issued from them later.
 pub fn write_dev_pki(dir: &Path, validity: Duration) -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.into(),
         source,
     })?;
-    let ca = Authority::generate("setpoint-dev-ca", validity)?;
-    write(dir, "ca.crt", ca.cert_pem(), 0o644)?;
-    let server = ca.issue(&Subject::server("setpoint", DEV_SERVER_HOSTS, validity))?;
+    let server_ca = Authority::generate("setpoint-dev-server-ca", validity)?;
+    write(dir, "ca.crt", server_ca.cert_pem(), 0o644)?;
+    let server = server_ca.issue(&Subject::server("setpoint", DEV_SERVER_HOSTS, validity))?;
     write(dir, "server.crt", &server.cert_pem, 0o644)?;
     write(dir, "server.key", &server.key_pem, 0o600)?;
+    let client_ca = Authority::generate("setpoint-dev-client-ca", validity)?;
+    write(dir, "client-ca.crt", client_ca.cert_pem(), 0o644)?;
     for (name, uri) in DEV_IDENTITIES {
-        let client = ca.issue(&Subject::client(name, validity).with_uri(uri))?;
+        let client = client_ca.issue(&Subject::client(name, validity).with_uri(uri))?;
         write(dir, &format!("{name}.crt"), &client.cert_pem, 0o644)?;
         write(dir, &format!("{name}.key"), &client.key_pem, 0o600)?;
     }
@@ -194,5 +198,44 @@ impl Authority {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+
+    /// The issuer's and the subject's common names of a PEM certificate file.
+    fn names(dir: &Path, file: &str) -> (String, String) {
+        let pem = fs::read_to_string(dir.join(file)).expect("read");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(&pem.contents).expect("DER");
+        let common_name = |name: &x509_parser::x509::X509Name| {
+            name.iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned)
+                .expect("CN")
+        };
+        (common_name(cert.issuer()), common_name(cert.subject()))
+    }
+
+    #[test]
+    fn clients_and_the_server_are_issued_by_different_cas() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_dev_pki(dir.path(), DEFAULT_VALIDITY).expect("PKI");
+        let (_, server_ca) = names(dir.path(), "ca.crt");
+        let (_, client_ca) = names(dir.path(), "client-ca.crt");
+        assert_ne!(server_ca, client_ca);
+        assert_eq!(names(dir.path(), "server.crt").0, server_ca);
+        for (identity, _) in DEV_IDENTITIES {
+            assert_eq!(
+                names(dir.path(), &format!("{identity}.crt")).0,
+                client_ca,
+                "a server certificate's issuer must not be able to mint clients"
+            );
+        }
     }
 }

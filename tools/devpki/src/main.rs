@@ -1,4 +1,4 @@
-//! `setpoint-devpki`: writes a throwaway CA, a server certificate and operator and viewer
+//! `setpoint-devpki`: writes throwaway CAs, a server certificate and operator and viewer
 //! client certificates for local use and `make deploy`.
 
 use std::path::PathBuf;
@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Generate Setpoint's development PKI (ECDSA P-256, short-lived): ca.crt,
-/// server.{crt,key} (localhost, 127.0.0.1 and the in-cluster Service names) and client
-/// certificates operator.{crt,key} (spiffe://setpoint.dev/operator) and viewer.{crt,key}
-/// (spiffe://setpoint.dev/viewer). The CA key is never written.
+/// Generate Setpoint's development PKI (ECDSA P-256, short-lived): the server CA ca.crt
+/// (clients trust it) with server.{crt,key} (localhost, 127.0.0.1 and the in-cluster
+/// Service names), and a separate client CA client-ca.crt (the server trusts it) with
+/// client certificates operator.{crt,key} (spiffe://setpoint.dev/operator) and
+/// viewer.{crt,key} (spiffe://setpoint.dev/viewer). The CA keys are never written.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
