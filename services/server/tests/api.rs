@@ -810,6 +810,35 @@ async fn readiness_fails_while_a_watch_keeps_failing_and_recovers_with_it() {
 }
 
 #[tokio::test]
+async fn an_unreachable_api_server_is_reported_with_its_likely_cause() {
+    let logs = support::logs();
+    // A link that lets nothing through, as a NetworkPolicy without egress does.
+    let proxy = Proxy::start(testenv::shared().await.apiserver_addr())
+        .await
+        .expect("proxy");
+    proxy.set(Link::BlackHole);
+    let server = Setpoint::start_via(Some(&proxy), "setpoint", &["--identity=cut-off"]).await;
+    let body = testenv::wait_for("/readyz to name the cause", || async {
+        let (code, body) = server.http_get("/readyz").await;
+        (code == 503 && body.contains("did not answer")).then_some(body)
+    })
+    .await;
+    assert!(body.contains("egress"), "{body}");
+    testenv::wait_for("a log line with the reasons", || async {
+        logs.events("setpoint_server::health")
+            .iter()
+            .any(|event| {
+                event["message"] == "not ready"
+                    && event["reasons"]
+                        .as_str()
+                        .is_some_and(|reasons| reasons.contains("egress"))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn health_reports_serving_once_synced_and_shutdown_is_graceful() {
     let server = Setpoint::start("setpoint").await;
     server.wait_until_ready().await;

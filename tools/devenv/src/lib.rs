@@ -105,7 +105,10 @@ pub fn spawn_server(
         .arg(format!("--http-listen={http_listen}"))
         .arg(format!("--tls-cert={}", pki.join("server.crt").display()))
         .arg(format!("--tls-key={}", pki.join("server.key").display()))
-        .arg(format!("--client-ca={}", pki.join("client-ca.crt").display()))
+        .arg(format!(
+            "--client-ca={}",
+            pki.join("client-ca.crt").display()
+        ))
         .arg(format!("--policy={}", dir.join("policy.yaml").display()))
         .args(extra_args)
         .stdin(Stdio::null())
