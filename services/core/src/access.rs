@@ -79,12 +79,10 @@ impl Caller {
         if self.scope.allows(namespace) {
             return Ok(());
         }
-        let error = Error::OutOfScope {
+        self.denied(Error::OutOfScope {
             identity: self.identity.clone(),
             namespace: namespace.into(),
-        };
-        tracing::warn!(target: AUDIT, identity = %self.identity, namespace, %error, "request denied");
-        Err(error)
+        })
     }
 
     /// Allows a write in `namespace`: in scope and, where the namespace is `protected`,
@@ -94,11 +92,15 @@ impl Caller {
         if !protected.contains(namespace) || self.scope.names(namespace) {
             return Ok(());
         }
-        let error = Error::ProtectedNamespace {
+        self.denied(Error::ProtectedNamespace {
             identity: self.identity.clone(),
             namespace: namespace.into(),
-        };
-        tracing::warn!(target: AUDIT, identity = %self.identity, namespace, %error, "request denied");
+        })
+    }
+
+    /// Logs a denial in the audit log and returns it.
+    fn denied(&self, error: Error) -> Result<(), Error> {
+        tracing::warn!(target: AUDIT, identity = %self.identity, %error, "request denied");
         Err(error)
     }
 }
