@@ -49,7 +49,9 @@ covered() { # covered <IPv4 address>: inside 172.16.0.0/12 or 192.168.0.0/16
   IFS=. read -r a b c d <<< "$1"
   [[ -n $d ]] && { { ((a == 172 && b >= 16 && b <= 31)); } || { ((a == 192 && b == 168)); }; }
 }
-for address in $(slices '{range .items[*]}{range .endpoints[*]}{range .addresses[*]}{@}{" "}{end}{end}{end}'); do
+addresses=$(slices '{range .items[*]}{range .endpoints[*]}{range .addresses[*]}{@}{" "}{end}{end}{end}')
+[[ -n $addresses ]] || { echo "deploy: the kubernetes EndpointSlice lists no API-server address" >&2; exit 1; }
+for address in $addresses; do
   covered "$address" || {
     echo "deploy: the API server at $address is outside k8s/overlays/kind's egress ranges; add it there" >&2
     exit 1

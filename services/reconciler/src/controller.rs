@@ -173,9 +173,14 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
                 }
                 Err(error) => {
                     let message = format!("scaling to {to} failed: {error}");
-                    context
+                    // The scale error is what the retry is about; a failed status write
+                    // only loses the report of it.
+                    if let Err(status_error) = context
                         .write_status(setpoint, &namespace, Reason::ScaleFailed, message, None)
-                        .await?;
+                        .await
+                    {
+                        tracing::warn!(%status_error, "reporting the failed scale failed");
+                    }
                     context.count("error");
                     return Err(error);
                 }
@@ -487,17 +492,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_scale_stays_the_error_when_reporting_it_fails_too() {
+        let (client, _) = fake::client(|request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
+            "GET" => (200, no_autoscalers()),
+            "PUT" => (403, fake::status(403, "Forbidden")),
+            _ => (500, fake::status(500, "InternalError")),
+        });
+        let error = reconcile(Arc::new(setpoint(5)), context(client))
+            .await
+            .expect_err("403");
+        assert!(
+            matches!(&error, Error::Kube(kube::Error::Api(status)) if status.code == 403),
+            "the scale's own error, not the status write's: {error}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_refused_scale_is_reported_in_status() {
         let (client, log) = fake::client(|request| match request.method.as_str() {
             "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
             "GET" => (200, no_autoscalers()),
             "PUT" => (403, fake::status(403, "Forbidden")),
-            _ => (200, request.body.clone()),
+            _ => (
+                200,
+                serde_json::to_value(setpoint(5)).expect("the setpoint as stored"),
+            ),
         });
         let error = reconcile(Arc::new(setpoint(5)), context(client))
             .await
             .expect_err("403");
-        assert!(matches!(error, Error::Kube(_)), "{error}");
+        assert!(
+            matches!(&error, Error::Kube(kube::Error::Api(status)) if status.code == 403),
+            "the scale's own error: {error}"
+        );
         let status = log
             .requests()
             .into_iter()

@@ -147,24 +147,28 @@ async fn accept(
                         continue;
                     }
                 };
-                let source = peer.ip();
-                if in_flight.from(source) >= limits.per_source {
+                if in_flight.from(peer.ip()) >= limits.per_source {
                     shed(&metrics, "per_source_limit", peer);
                     continue;
                 }
                 if in_flight.len() >= limits.total
-                    && let Some((_, oldest)) = in_flight.oldest()
+                    && let Some(oldest) = in_flight.shed_oldest()
                 {
-                    oldest.abort();
-                    shed(&metrics, "total_limit", peer);
+                    shed(&metrics, "total_limit", oldest);
                 }
                 // Small gRPC responses must not wait for delayed ACKs (Nagle).
                 if let Err(error) = tcp.set_nodelay(true) {
                     tracing::debug!(%error, "setting TCP_NODELAY failed");
                 }
-                let handshake = handshake(TlsAcceptor::from(config.current()), tcp, peer, limits.timeout, metrics.clone());
+                let handshake = handshake(
+                    TlsAcceptor::from(config.current()),
+                    tcp,
+                    peer,
+                    limits.timeout,
+                    metrics.clone(),
+                );
                 let task = handshakes.spawn(handshake);
-                in_flight.add(task.id(), source, task);
+                in_flight.add(task.id(), peer, task);
             }
             Some(done) = handshakes.join_next_with_id() => {
                 let (id, established) = match done {
@@ -213,7 +217,7 @@ fn shed(metrics: &Metrics, reason: &'static str, peer: SocketAddr) {
 /// The handshakes in progress, oldest first, and how many come from each source.
 #[derive(Default)]
 struct InFlight {
-    order: VecDeque<(Id, IpAddr, AbortHandle)>,
+    order: VecDeque<(Id, SocketAddr, AbortHandle)>,
     per_source: HashMap<IpAddr, usize>,
 }
 
@@ -226,27 +230,74 @@ impl InFlight {
         self.per_source.get(&source).copied().unwrap_or(0)
     }
 
-    fn oldest(&self) -> Option<(IpAddr, &AbortHandle)> {
-        self.order.front().map(|(_, source, task)| (*source, task))
+    fn add(&mut self, id: Id, peer: SocketAddr, task: AbortHandle) {
+        self.order.push_back((id, peer, task));
+        *self.per_source.entry(peer.ip()).or_insert(0) += 1;
     }
 
-    fn add(&mut self, id: Id, source: IpAddr, task: AbortHandle) {
-        self.order.push_back((id, source, task));
-        *self.per_source.entry(source).or_insert(0) += 1;
+    /// Aborts the oldest handshake and forgets it at once (its task ends later), so
+    /// the next connection sees the room it made. Returns its peer.
+    fn shed_oldest(&mut self) -> Option<SocketAddr> {
+        let (id, peer, task) = self.order.front()?;
+        let (id, peer) = (*id, *peer);
+        task.abort();
+        self.remove(id);
+        Some(peer)
     }
 
-    /// Forgets a finished (or aborted) handshake. A linear scan: at most `total` entries.
+    /// Forgets a finished (or shed) handshake; unknown ids are ignored. A linear scan:
+    /// at most `total` entries.
     fn remove(&mut self, id: Id) {
         let Some(index) = self.order.iter().position(|(task, _, _)| *task == id) else {
             return;
         };
-        if let Some((_, source, _)) = self.order.remove(index)
-            && let Some(count) = self.per_source.get_mut(&source)
+        if let Some((_, peer, _)) = self.order.remove(index)
+            && let Some(count) = self.per_source.get_mut(&peer.ip())
         {
             *count -= 1;
             if *count == 0 {
-                self.per_source.remove(&source);
+                self.per_source.remove(&peer.ip());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_total_cap_the_oldest_handshake_is_shed_and_forgotten() {
+        let mut tasks = JoinSet::new();
+        let mut in_flight = InFlight::default();
+        let peers: Vec<SocketAddr> = ["10.0.0.1:1", "10.0.0.1:2", "10.0.0.2:1"]
+            .iter()
+            .map(|peer| peer.parse().expect("address"))
+            .collect();
+        for peer in &peers {
+            let task = tasks.spawn(std::future::pending::<()>());
+            in_flight.add(task.id(), *peer, task);
+        }
+        assert_eq!((in_flight.len(), in_flight.from(peers[0].ip())), (3, 2));
+        assert_eq!(in_flight.shed_oldest(), Some(peers[0]));
+        assert_eq!((in_flight.len(), in_flight.from(peers[0].ip())), (2, 1));
+        assert_eq!(
+            in_flight.shed_oldest(),
+            Some(peers[1]),
+            "a new oldest each time"
+        );
+        let shed = tasks
+            .join_next()
+            .await
+            .expect("a task")
+            .expect_err("aborted");
+        assert!(shed.is_cancelled());
+        in_flight.remove(shed.id());
+        assert_eq!(
+            in_flight.len(),
+            1,
+            "removing a shed handshake again changes nothing"
+        );
+        assert_eq!(in_flight.from(peers[2].ip()), 1);
     }
 }

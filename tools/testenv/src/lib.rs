@@ -124,6 +124,7 @@ fn stop_shared_at_exit() {
 pub struct ControlPlane {
     dir: PathBuf,
     server: String,
+    apiserver_addr: SocketAddr,
     ca_cert: PathBuf,
     binaries: PathBuf,
     kubeconfig: PathBuf,
@@ -225,6 +226,7 @@ impl ControlPlane {
             kubeconfig,
             apiserver_args,
             controller_manager_args,
+            apiserver_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
             version: String::new(),
             processes: Mutex::new(Processes {
                 etcd,
@@ -248,16 +250,12 @@ impl ControlPlane {
         Ok(control_plane)
     }
 
-    /// The API server's `gitVersion`, e.g. `v1.36.3`.
     /// The API server's address (for a [`proxy::Proxy`] in front of it).
     pub fn apiserver_addr(&self) -> SocketAddr {
-        // `server` is built from a loopback address and a port in `start`.
-        self.server
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.apiserver_addr
     }
 
+    /// The API server's `gitVersion`, e.g. `v1.36.3`.
     pub fn version(&self) -> &str {
         &self.version
     }

@@ -12,7 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// What the link does with the bytes it carries.
+/// What the link does with the bytes it carries. A black hole drops them, so a stream
+/// that resumes afterwards has lost bytes: it is for links that stay cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Link {
     Pass,
@@ -76,34 +77,36 @@ impl Proxy {
 /// time plus the delay at that moment), and dropped while the link is a black hole.
 async fn carry(
     mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin + Send + 'static,
+    mut to: impl AsyncWrite + Unpin,
     link: Arc<Mutex<Link>>,
 ) {
     let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
+    // Reader and writer in one future: dropping the connection stops both.
+    let writer = async move {
         while let Some((at, bytes)) = due.recv().await {
             tokio::time::sleep_until(at).await;
             if to.write_all(&bytes).await.is_err() {
                 return;
             }
         }
-    });
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => read,
-        };
-        let now = Instant::now();
-        let at = match *link.lock().unwrap_or_else(PoisonError::into_inner) {
-            Link::Pass => now,
-            Link::Delay(delay) => now + delay,
-            Link::BlackHole => continue,
-        };
-        if queue.send((at, buffer[..read].to_vec())).is_err() {
-            break;
+    };
+    let reader = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let now = Instant::now();
+            let at = match *link.lock().unwrap_or_else(PoisonError::into_inner) {
+                Link::Pass => now,
+                Link::Delay(delay) => now + delay,
+                Link::BlackHole => continue,
+            };
+            if queue.send((at, buffer[..read].to_vec())).is_err() {
+                break;
+            }
         }
-    }
-    drop(queue);
-    let _ = writer.await;
+    };
+    tokio::join!(reader, writer);
 }

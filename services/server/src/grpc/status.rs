@@ -53,12 +53,21 @@ fn domain_code(error: &Domain) -> Code {
 
 /// The code and a message safe to show any caller.
 fn kube_code(error: &kube::Error) -> (Code, &'static str) {
-    let kube::Error::Api(status) = error else {
+    let status = match error {
+        kube::Error::Api(status) => status,
         // Transport failures: the API server is unreachable or timed out.
-        return (
-            Code::Unavailable,
-            "the Kubernetes API server is unreachable; retry later",
-        );
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            return (
+                Code::Unavailable,
+                "the Kubernetes API server is unreachable; retry later",
+            );
+        }
+        _ => {
+            return (
+                Code::Internal,
+                "internal error talking to the Kubernetes API",
+            );
+        }
     };
     match status.code {
         409 => (
