@@ -1,8 +1,8 @@
 //! The outermost layer of every RPC: it opens the RPC's span (`rpc{method, identity,
 //! resource}`; authorization adds the identity, the handler the resource), counts the
 //! call and its latency in the metrics, and writes the access log (target
-//! `setpoint::access`): every failed or denied call and every write, and successful
-//! reads one in `--access-log-sample`, so a busy server can afford it.
+//! `setpoint::access`): every failed, denied or cancelled call and every write, and
+//! successful reads one in `--access-log-sample`, so a busy server can afford it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,8 +73,13 @@ where
                 (method, permission == Permission::Write)
             });
         let span = tracing::info_span!("rpc", method, identity = Empty, resource = Empty);
-        let layer = self.layer.clone();
-        let started = Instant::now();
+        let mut call = Call {
+            layer: self.layer.clone(),
+            method,
+            write,
+            started: Instant::now(),
+            recorded: false,
+        };
         // The inner layers run their synchronous part (authorization) in the span too.
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(
@@ -91,12 +96,37 @@ where
                         .unwrap_or(tonic::Code::Ok),
                     Err(_) => tonic::Code::Unknown,
                 };
-                let latency = started.elapsed();
-                layer.record(method, write, code, latency);
+                call.record(code);
                 response
             }
             .instrument(span),
         )
+    }
+}
+
+/// One call on its way through; recorded when it answers, or as `Cancelled` when it is
+/// dropped first (tonic's deadline, or the client's reset, drops the future).
+struct Call {
+    layer: AccessLayer,
+    method: &'static str,
+    write: bool,
+    started: Instant,
+    recorded: bool,
+}
+
+impl Call {
+    fn record(&mut self, code: tonic::Code) {
+        self.recorded = true;
+        self.layer
+            .record(self.method, self.write, code, self.started.elapsed());
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record(tonic::Code::Cancelled);
+        }
     }
 }
 

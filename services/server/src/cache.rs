@@ -32,6 +32,23 @@ pub struct Cache {
     failing: FailingWatches,
 }
 
+/// What went wrong with a watch, without the API server's own words: `/readyz` is
+/// unauthenticated, and those name Setpoint's ServiceAccount. The log has the details.
+fn summary(error: &watcher::Error) -> String {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status,
+        watcher::Error::WatchError(status) => status,
+        watcher::Error::NoResourceVersion => return "the list had no resourceVersion".into(),
+        _ => return "the API server could not be reached".into(),
+    };
+    match status.code {
+        403 => "403 Forbidden: Setpoint's RBAC does not allow it".into(),
+        code => format!("the API server answered {code} {}", status.reason),
+    }
+}
+
 /// First retry delay of a failed watch, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// Longest retry delay: a watch that still fails reports an error at least this often.
@@ -282,7 +299,7 @@ where
             Err(error) => {
                 restarts.inc();
                 tracing::warn!(kind, %error, "watch failed; retrying with backoff");
-                failing.failed(kind, error.to_string());
+                failing.failed(kind, summary(&error));
             }
         }
         std::future::ready(())

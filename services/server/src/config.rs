@@ -117,8 +117,8 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE", default_value = "setpoint")]
     pub lease_namespace: String,
 
-    /// How long the Lease is valid without renewal; a crashed leader is replaced
-    /// within this time.
+    /// How long the Lease is valid without renewal (whole seconds); a crashed leader is
+    /// replaced within this time plus one renew interval.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
@@ -138,6 +138,43 @@ pub struct Config {
 }
 
 impl Config {
+    /// Refuses settings that parse but cannot work together: the Lease is written in
+    /// whole seconds, and the holder must renew before its term (two thirds of the
+    /// duration) ends; intervals of zero would spin (or panic, for tokio's interval).
+    pub fn validate(&self) -> Result<(), String> {
+        let second = Duration::from_secs(1);
+        if self.lease_duration < second || self.lease_duration.subsec_nanos() != 0 {
+            return Err(format!(
+                "--lease-duration must be whole seconds, at least 1s (got {:?})",
+                self.lease_duration
+            ));
+        }
+        if self.lease_renew_interval.is_zero()
+            || self.lease_renew_interval >= self.lease_duration * 2 / 3
+        {
+            return Err(format!(
+                "--lease-renew-interval ({:?}) must be above zero and below two thirds of \
+                 --lease-duration ({:?})",
+                self.lease_renew_interval, self.lease_duration
+            ));
+        }
+        for (flag, value) in [
+            ("--reload-interval", self.reload_interval),
+            ("--probe-interval", self.probe_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be above zero"));
+            }
+        }
+        if self.watch_timeout < second {
+            return Err(format!(
+                "--watch-timeout must be at least 1s (got {:?})",
+                self.watch_timeout
+            ));
+        }
+        Ok(())
+    }
+
     /// `--protected-namespaces` and Setpoint's own namespace.
     pub fn protected_namespaces(&self) -> BTreeSet<String> {
         self.protected_namespaces
@@ -203,6 +240,45 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10d").is_err());
+    }
+
+    fn config(extra: &[&str]) -> Config {
+        let required = [
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--client-ca=ca",
+            "--policy=p",
+        ];
+        Config::parse_from(
+            ["setpoint-server"]
+                .iter()
+                .chain(required.iter())
+                .chain(extra.iter()),
+        )
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config(&[]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused() {
+        for (flags, named) in [
+            (&["--lease-duration=500ms"][..], "--lease-duration"),
+            (&["--lease-duration=1500ms"], "--lease-duration"),
+            (&["--lease-renew-interval=0s"], "--lease-renew-interval"),
+            (
+                &["--lease-duration=6s", "--lease-renew-interval=4s"],
+                "--lease-renew-interval",
+            ),
+            (&["--reload-interval=0s"], "--reload-interval"),
+            (&["--probe-interval=0ms"], "--probe-interval"),
+            (&["--watch-timeout=100ms"], "--watch-timeout"),
+        ] {
+            let refused = config(flags).validate().expect_err("refused");
+            assert!(refused.contains(named), "{flags:?}: {refused}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum Error {
     Domain(#[from] setpoint_core::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("{what} did not finish within {after:?}")]
     Timeout {
         what: &'static str,

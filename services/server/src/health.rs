@@ -1,9 +1,10 @@
 //! Readiness: "serving" means the answers are fresh: the watch cache has synced, no
 //! watch has kept failing for longer than the probe window, and the Kubernetes API
 //! answered a bounded probe within it. The same answer drives `grpc.health.v1` on the
-//! API port and `/readyz` on the HTTP port; when it is "no", the reasons say why (and a
-//! log line when they change). Reads keep being answered from the cache meanwhile:
-//! readiness takes the replica out of the Service, it does not refuse callers.
+//! API port and `/readyz` on the HTTP port; when it is "no", the reasons say why, and a
+//! log line gives them whenever readiness changes. Reads keep being answered from the
+//! cache meanwhile: readiness takes the replica out of the Service, it does not refuse
+//! callers.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -76,15 +76,22 @@ pub async fn run<F, Fut>(
     tokio::pin!(shutdown);
     loop {
         let until = leading.as_ref().map(|term| term.until);
-        tokio::select! {
-            _ = ticks.tick() => {}
+        let why = tokio::select! {
+            _ = ticks.tick() => None,
             () = &mut shutdown => break,
-            () = term_end(until) => {
-                if let Some(term) = leading.take() {
-                    stop(term, "could not renew the lease in time").await;
-                }
-                continue;
+            () = term_end(until) => Some("could not renew the lease in time"),
+            () = reconciler_end(&mut leading) => {
+                tracing::error!("the reconciler stopped on its own; stepping down");
+                Some("the reconciler stopped")
             }
+        };
+        if let Some(why) = why {
+            // The next tick takes the lease again if it is still ours to take, and
+            // starts a new reconciler.
+            if let Some(term) = leading.take() {
+                stop(term, why).await;
+            }
+            continue;
         }
         let budget = until.map_or(REQUEST_TIMEOUT, |until| {
             until
@@ -143,6 +150,17 @@ pub async fn run<F, Fut>(
 async fn term_end(until: Option<Instant>) {
     match until {
         Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the reconciler's task ends by itself (it should run until aborted);
+/// never while not leading.
+async fn reconciler_end(leading: &mut Option<Term>) {
+    match leading {
+        Some(term) => {
+            term.task.join_next().await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -40,6 +40,7 @@ use setpoint_core::limits::WriteLimiter;
 use setpoint_reconciler::metrics::ReconcilerMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 use tower::util::MapRequestLayer;
 
 pub use crate::config::Config;
@@ -68,7 +69,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const LEASE_NAME: &str = "setpoint-leader";
 /// Prefix of every metric name.
 const METRICS_PREFIX: &str = "setpoint";
-/// Time to stop the reconciler and release the Lease after the drain.
+/// Time to stop the reconciler and release the Lease on shutdown (both start with the
+/// drain).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Server {
@@ -86,6 +88,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
         let mut registry = Registry::default();
         let prefixed = registry.sub_registry_with_prefix(METRICS_PREFIX);
         let metrics = Metrics::register(prefixed);
@@ -217,15 +220,19 @@ impl Server {
             }
         });
 
-        let api = ReplicaServiceServer::new(ReplicaApi(Arc::new(Replicas {
+        let replicas = Arc::new(Replicas {
             cache,
             client,
             max_replicas: config.max_replicas,
             protected_namespaces: config.protected_namespaces(),
             write_limiter: WriteLimiter::new(config.writes_per_minute, config.write_burst),
-        })))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+            write_timeout: config.request_timeout,
+            writes: TaskTracker::new(),
+        });
+        let writes = replicas.writes.clone();
+        let api = ReplicaServiceServer::new(ReplicaApi(replicas))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let incoming = tls::incoming(
             grpc_listener,
             tls_config,
@@ -268,6 +275,14 @@ impl Server {
                 Ok(())
             }
         };
+        // Writes whose callers gave up may still run: let them finish and be audited.
+        writes.close();
+        if tokio::time::timeout(config.request_timeout, writes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("writes still running at exit; their outcome is not audited");
+        }
         // Also on a gRPC error: stop the reconciler and release the Lease.
         let _ = stop.send(true);
         if tokio::time::timeout(RELEASE_TIMEOUT, leadership.join_next())

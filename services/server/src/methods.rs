@@ -34,11 +34,6 @@ pub fn lookup(path: &str) -> Option<(&'static str, Permission)> {
         .map(|(method, permission)| (method.as_str(), *permission))
 }
 
-/// The RPC path if the server knows it, else `"unknown"`: keeps metric labels bounded.
-pub fn label(path: &str) -> &'static str {
-    lookup(path).map_or("unknown", |(method, _)| method)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,10 +56,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_methods_have_no_permission_and_one_label() {
+    fn unknown_methods_have_no_permission() {
         let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
         assert_eq!(lookup(reflection), None);
-        assert_eq!(label(reflection), "unknown");
-        assert_eq!(label("/setpoint.v1.ReplicaService/SetReplicas/"), "unknown");
+        assert_eq!(lookup("/setpoint.v1.ReplicaService/SetReplicas/"), None);
     }
 }

@@ -15,6 +15,7 @@ use setpoint_core::{AUDIT, Caller, DeploymentKey};
 use setpoint_k8s::{
     API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, key_of, setpoint_version,
 };
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::Error;
@@ -23,8 +24,6 @@ use crate::view::{self, DeploymentView, ListQuery};
 
 /// Attempts of the read-compare-write loop before a set gives up.
 const WRITE_ATTEMPTS: usize = 5;
-/// Bound on one set (its reads and writes), which outlives a caller that gives up.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What ListDeployments asks for, as the caller sent it.
 #[derive(Debug, Default)]
@@ -61,6 +60,12 @@ pub struct Replicas {
     pub protected_namespaces: BTreeSet<String>,
     /// Spent only by writes that passed every check, just before they are made.
     pub write_limiter: WriteLimiter,
+    /// Bound on one set (its reads and writes), which outlives a caller that gives up:
+    /// the RPC's own time limit, so a patient caller sees the timeout itself.
+    pub write_timeout: Duration,
+    /// The writes in progress, which the server waits for on shutdown so that none is
+    /// cut off from its audit event.
+    pub writes: TaskTracker,
 }
 
 impl Replicas {
@@ -105,7 +110,7 @@ impl Replicas {
     /// Stores the setpoint and answers with the Deployment as the stored setpoint sees
     /// it. The audit log gets the intent before anything is written and the outcome
     /// after. The work runs in a task of its own, so a caller that cancels or runs out
-    /// of time cannot cut a write off from its audit event; `WRITE_TIMEOUT` bounds it.
+    /// of time cannot cut a write off from its audit event; `write_timeout` bounds it.
     pub async fn set(
         self: &Arc<Self>,
         caller: Caller,
@@ -121,11 +126,12 @@ impl Replicas {
         );
         let replicas = Arc::clone(self);
         let write = async move {
-            let result = tokio::time::timeout(WRITE_TIMEOUT, replicas.store(&caller, &request))
+            let after = replicas.write_timeout;
+            let result = tokio::time::timeout(after, replicas.store(&caller, &request))
                 .await
                 .unwrap_or(Err(Error::Timeout {
                     what: "the write",
-                    after: WRITE_TIMEOUT,
+                    after,
                 }));
             let (identity, deployment) = (&caller.identity, &request.key);
             match &result {
@@ -148,7 +154,7 @@ impl Replicas {
             }
             result.map(|(_, stored)| stored)
         };
-        tokio::spawn(write.in_current_span()).await?
+        self.writes.spawn(write.in_current_span()).await?
     }
 
     /// Validates and stores; returns the previous desired value with the answer.

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
@@ -312,6 +312,29 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
     create(setpoint_account.clone(), "api", 3)
         .await
         .expect("Setpoint's ServiceAccount writes setpoints");
+    // Mallory may touch metadata (as the garbage collector removes finalizers), not spec.
+    let as_mallory = Api::<DynamicObject>::namespaced_with(
+        mallory,
+        &namespace,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
+            "replicasetpoints",
+        ),
+    );
+    let patch = |body: serde_json::Value| {
+        let api = as_mallory.clone();
+        async move {
+            api.patch("api", &PatchParams::default(), &Patch::Merge(body))
+                .await
+        }
+    };
+    patch(serde_json::json!({"metadata": {"labels": {"team": "a"}}}))
+        .await
+        .expect("a metadata-only update passes");
+    match patch(serde_json::json!({"spec": {"replicas": 9}})).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{}", status.message),
+        other => panic!("mallory changed a setpoint's spec: {other:?}"),
+    }
     let break_glass = control_plane
         .client_as("oncall", &["system:authenticated", "setpoint:break-glass"])
         .await

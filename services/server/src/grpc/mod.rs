@@ -90,7 +90,12 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authorized caller"))
+        .ok_or_else(|| {
+            crate::Error::from(setpoint_core::Error::NoIdentity(
+                "no authorized caller".into(),
+            ))
+            .into()
+        })
 }
 
 /// The Deployment a request names, validated, and recorded in the RPC's span.

@@ -19,9 +19,11 @@ impl From<Error> for Status {
                 Code::Unavailable,
                 "the Kubernetes API server did not answer in time; retry later",
             ),
-            Error::Tls { .. } | Error::Policy { .. } | Error::Io { .. } | Error::Task(_) => {
-                (Code::Internal, "internal error")
-            }
+            Error::Config(_)
+            | Error::Tls { .. }
+            | Error::Policy { .. }
+            | Error::Io { .. }
+            | Error::Task(_) => (Code::Internal, "internal error"),
         };
         let id = correlation_id();
         tracing::warn!(correlation_id = %id, %error, "request failed");
