@@ -390,6 +390,19 @@ mod tests {
         json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []})
     }
 
+    /// A fake API server holding the Deployment with `replicas` and no HPA; `write`
+    /// answers everything else (the scale, status and Event writes).
+    fn cluster(
+        replicas: i32,
+        write: impl Fn(&fake::Received) -> (u16, Value) + Send + Sync + 'static,
+    ) -> (Client, fake::Log) {
+        fake::client(move |request| match request.method.as_str() {
+            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(replicas)),
+            "GET" => (200, no_autoscalers()),
+            _ => write(request),
+        })
+    }
+
     fn context(client: Client) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(
@@ -407,11 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflicting_scale_is_retried_soon_without_backoff() {
-        let (client, log) = fake::client(|request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
-            "GET" => (200, no_autoscalers()),
-            _ => (409, fake::status(409, "Conflict")),
-        });
+        let (client, log) = cluster(2, |_| (409, fake::status(409, "Conflict")));
         let context = context(client);
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
@@ -443,11 +452,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_status_write_fails_the_reconcile_and_backs_off() {
-        let (client, log) = fake::client(|request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(5)),
-            "GET" => (200, no_autoscalers()),
-            _ => (500, fake::status(500, "InternalError")),
-        });
+        let (client, log) = cluster(5, |_| (500, fake::status(500, "InternalError")));
         let context = context(client);
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
@@ -471,11 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_writes_are_conditional_on_the_setpoint_read() {
-        let (client, log) = fake::client(|request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(5)),
-            "GET" => (200, no_autoscalers()),
-            _ => (409, fake::status(409, "Conflict")),
-        });
+        let (client, log) = cluster(5, |_| (409, fake::status(409, "Conflict")));
         let context = context(client);
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
@@ -493,9 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_scale_stays_the_error_when_reporting_it_fails_too() {
-        let (client, _) = fake::client(|request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
-            "GET" => (200, no_autoscalers()),
+        let (client, _) = cluster(2, |request| match request.method.as_str() {
             "PUT" => (403, fake::status(403, "Forbidden")),
             _ => (500, fake::status(500, "InternalError")),
         });
@@ -510,9 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_scale_is_reported_in_status() {
-        let (client, log) = fake::client(|request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(2)),
-            "GET" => (200, no_autoscalers()),
+        let (client, log) = cluster(2, |request| match request.method.as_str() {
             "PUT" => (403, fake::status(403, "Forbidden")),
             _ => (
                 200,

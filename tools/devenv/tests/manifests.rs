@@ -267,18 +267,20 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
             "spec": {"replicas": replicas, "deploymentUid": "uid-web"},
         })
     };
+    let setpoints = |client: Client| {
+        Api::<DynamicObject>::namespaced_with(
+            client,
+            &namespace,
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
+                "replicasetpoints",
+            ),
+        )
+    };
     let create = |client: Client, name: &'static str, replicas: i32| {
-        let namespace = namespace.clone();
+        let api = setpoints(client);
         let object = setpoint(name, replicas);
         async move {
-            let api = Api::<DynamicObject>::namespaced_with(
-                client,
-                &namespace,
-                &ApiResource::from_gvk_with_plural(
-                    &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
-                    "replicasetpoints",
-                ),
-            );
             let object: DynamicObject = serde_json::from_value(object).expect("object");
             api.create(&PostParams::default(), &object).await
         }
@@ -313,14 +315,7 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
         .await
         .expect("Setpoint's ServiceAccount writes setpoints");
     // Mallory may touch metadata (as the garbage collector removes finalizers), not spec.
-    let as_mallory = Api::<DynamicObject>::namespaced_with(
-        mallory,
-        &namespace,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
-            "replicasetpoints",
-        ),
-    );
+    let as_mallory = setpoints(mallory);
     let patch = |body: serde_json::Value| {
         let api = as_mallory.clone();
         async move {
