@@ -68,8 +68,17 @@ image-reproducible: image ## Build the image again from a clean clone elsewhere;
 	tools/image-reproducible.sh
 
 .PHONY: deploy
-deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rollout, smoke test
+deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rollout, smoke test (KIND_OFFLINE=1: no registry)
 	tools/deploy/deploy.sh up
+
+.PHONY: kind-node
+kind-node: ## Offline KIND node image and CNI from the Go module proxy and Debian (Linux; cold ~30 min, then cached)
+	tools/kind/build.sh >/dev/null
+
+.PHONY: e2e-kind
+e2e-kind: ## End-to-end suite against the cluster of `KIND_OFFLINE=1 make deploy`
+	$(CARGO) build --locked -p setpointctl
+	$(CARGO) test --locked -p e2e-kind -- --ignored --test-threads=1
 
 .PHONY: undeploy
 undeploy: ## Remove Setpoint from the KIND cluster

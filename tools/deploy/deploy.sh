@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make deploy`: Setpoint on a local KIND cluster (needs Docker). Creates or reuses the
-# cluster, loads the image, creates the TLS Secret and client-CA ConfigMap from the dev
+# cluster (KIND_OFFLINE=1: two nodes from the node image `make kind-node` builds, with
+# kube-router as CNI, for machines that reach no container registry), loads the image, creates the TLS Secret and client-CA ConfigMap from the dev
 # PKI, allows egress to this cluster's API server, applies k8s/base, waits for the
 # rollout, and runs a smoke test through a port-forward with setpointctl. `deploy.sh down` removes Setpoint;
 # `deploy.sh kind-down` deletes the cluster.
@@ -21,9 +22,30 @@ case "${1:-up}" in
 esac
 
 command -v docker >/dev/null || { echo "make deploy needs Docker (for KIND)" >&2; exit 1; }
+if [[ ${KIND_OFFLINE:-0} == 1 ]]; then
+  offline=$(tools/kind/build.sh)
+  node_image=$(sed -n 's/^ *image: //p' "$offline/cluster.yaml" | head -1)
+  # kind starts its nodes with --privileged; where Docker refuses that, use the wrapper.
+  if ! docker run --rm --privileged --entrypoint true "$node_image" >/dev/null 2>&1; then
+    echo "deploy: Docker refuses --privileged here; kind runs through tools/kind/docker-wrapper" >&2
+    export SETPOINT_REAL_DOCKER
+    SETPOINT_REAL_DOCKER=$(command -v docker)
+    PATH="$root/tools/kind/docker-wrapper:$PATH"
+  fi
+fi
 if ! "$kind" get clusters | grep -qx "$cluster"; then
-  echo "deploy: creating KIND cluster $cluster ..." >&2
-  "$kind" create cluster --config tools/deploy/kind-cluster.yaml --wait 120s
+  echo "deploy: creating KIND cluster $cluster (about 1 min) ..." >&2
+  if [[ -n ${offline:-} ]]; then
+    "$kind" create cluster --config "$offline/cluster.yaml"
+  else
+    "$kind" create cluster --config tools/deploy/kind-cluster.yaml --wait 120s
+  fi
+fi
+if [[ -n ${offline:-} ]]; then
+  # The node image carries no CNI: kube-router gives pod networking and NetworkPolicy.
+  $kubectl apply -f "$offline/kube-router.yaml"
+  $kubectl -n kube-system rollout status daemonset/kube-router --timeout=180s
+  $kubectl wait --for=condition=Ready nodes --all --timeout=180s
 fi
 
 echo "deploy: loading the image ..." >&2
@@ -63,12 +85,26 @@ for port in $(slices '{range .items[*]}{range .ports[*]}{.port}{" "}{end}{end}')
     exit 1
   }
 done
-$kubectl apply -k k8s/overlays/kind
+# The tag stays setpoint-server:dev; the archive's digest in the pod template rolls the
+# pods when the image changed (a second `make deploy` upgrades in place), not otherwise.
+mkdir -p .dev/deploy
+cat > .dev/deploy/kustomization.yaml <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [../../k8s/overlays/kind]
+patches:
+  - target: {kind: Deployment, name: setpoint}
+    patch: |
+      - op: add
+        path: /spec/template/metadata/annotations
+        value: {setpoint.dev/image-archive: "sha256:$(sha256sum target/image/setpoint-server.tar | cut -d' ' -f1)"}
+EOF
+$kubectl apply -k .dev/deploy
 $kubectl -n setpoint rollout status deployment/setpoint --timeout=180s
 
 echo "deploy: smoke test ..." >&2
 $kubectl create namespace setpoint-demo --dry-run=client -o yaml | $kubectl apply -f -
-$kubectl -n setpoint-demo create deployment web --image=registry.k8s.io/pause:3.10 \
+$kubectl -n setpoint-demo create deployment web --image=registry.k8s.io/pause:3.10.2 \
   --dry-run=client -o yaml | $kubectl apply -f -
 $kubectl -n setpoint port-forward service/setpoint 18443:8443 >/dev/null 2>&1 &
 forward=$!

@@ -25,6 +25,10 @@ struct Cli {
         default_value = "https://localhost:8443"
     )]
     server: String,
+    /// Name to verify the server certificate against, when it differs from the host in
+    /// --server (e.g. a node address and NodePort in front of the Service).
+    #[arg(long, env = "SETPOINT_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     /// PEM CA bundle that issued the server certificate.
     #[arg(long, env = "SETPOINT_CA")]
     ca: PathBuf,
@@ -159,12 +163,15 @@ async fn connect(cli: &Cli) -> anyhow::Result<ReplicaServiceClient<Channel>> {
     let read = |what: &str, path: &Path| {
         std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
     };
-    let tls = ClientTlsConfig::new()
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("CA bundle", &cli.ca)?))
         .identity(Identity::from_pem(
             read("client certificate", &cli.cert)?,
             read("client key", &cli.key)?,
         ));
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name);
+    }
     let timeout = Duration::from_secs(cli.timeout);
     let channel = Channel::from_shared(cli.server.clone())
         .with_context(|| format!("invalid server URL {:?}", cli.server))?

@@ -96,7 +96,12 @@ pub struct Config {
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub max_connection_age: Duration,
 
-    /// On SIGTERM, how long in-flight requests may take before the server exits.
+    /// On SIGTERM, how long to keep serving while reporting not ready, so that Service
+    /// endpoints drop this replica before it stops accepting connections.
+    #[arg(long, env = "SETPOINT_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Then, how long in-flight requests may take before the server exits.
     #[arg(long, env = "SETPOINT_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

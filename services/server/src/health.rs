@@ -6,6 +6,7 @@
 //! cache meanwhile: readiness takes the replica out of the Service, it does not refuse
 //! callers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ pub struct Readiness {
     cache: Cache,
     probes: Mutex<Probes>,
     max_age: Duration,
+    shutting_down: AtomicBool,
 }
 
 #[derive(Default)]
@@ -42,12 +44,21 @@ impl Readiness {
             cache,
             probes: Mutex::default(),
             max_age: probe_interval * PROBES_BEFORE_UNREADY,
+            shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// From now on, not ready: the server is shutting down.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
     }
 
     /// Why this replica is not ready; empty when it is.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.shutting_down.load(Ordering::Relaxed) {
+            problems.push("shutting down".to_owned());
+        }
         if !self.cache.is_synced() {
             problems.push("the watch cache has not synced yet".to_owned());
         }

@@ -151,7 +151,8 @@ impl Server {
             .map_err(Error::io("reading the HTTP address"))
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// Serves until `shutdown` completes; then reports not ready and releases the Lease
+    /// but serves on for `--shutdown-delay`, stops accepting, lets in-flight requests
     /// finish for at most `--drain-timeout`, and stops every background task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
@@ -181,6 +182,8 @@ impl Server {
         tasks.spawn(tls.run(config.reload_interval));
         tasks.spawn(policy.run(config.reload_interval));
 
+        // Leading stops as soon as shutdown starts; serving after --shutdown-delay.
+        let (stop_leading, leading_stopped) = tokio::sync::watch::channel(false);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -209,11 +212,14 @@ impl Server {
                     identity.clone(),
                 )
             },
-            stop_signal(stopped.clone()),
+            stop_signal(leading_stopped),
         ));
 
-        let http = axum::serve(http_listener, http::router(readiness, Arc::new(registry)))
-            .with_graceful_shutdown(stop_signal(stopped.clone()));
+        let http = axum::serve(
+            http_listener,
+            http::router(readiness.clone(), Arc::new(registry)),
+        )
+        .with_graceful_shutdown(stop_signal(stopped.clone()));
         tasks.spawn(async move {
             if let Err(error) = http.await {
                 tracing::error!(%error, "HTTP server failed");
@@ -261,15 +267,29 @@ impl Server {
         tracing::info!(grpc = %config.listen, http = %config.http_listen, "serving");
 
         let served = tokio::select! {
-            result = &mut grpc => result.map_err(|error| Error::Io {
+            result = &mut grpc => Some(result),
+            () = shutdown => {
+                // Not ready at once, so that Service endpoints drop this replica, while
+                // calls are still served; the Lease is released meanwhile.
+                readiness.shut_down();
+                let _ = stop_leading.send(true);
+                tracing::info!(shutdown_delay = ?config.shutdown_delay, "shutting down: not ready, still serving");
+                tokio::time::timeout(config.shutdown_delay, &mut grpc).await.ok()
+            }
+        };
+        let served = match served {
+            Some(result) => result.map_err(|error| Error::Io {
                 context: "gRPC server".into(),
                 source: std::io::Error::other(error),
             }),
-            () = shutdown => {
+            None => {
                 tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: draining connections");
                 // A closed receiver only means everything already stopped.
                 let _ = stop.send(true);
-                if tokio::time::timeout(config.drain_timeout, &mut grpc).await.is_err() {
+                if tokio::time::timeout(config.drain_timeout, &mut grpc)
+                    .await
+                    .is_err()
+                {
                     tracing::warn!("drain timeout reached; closing remaining connections");
                 }
                 Ok(())
@@ -284,6 +304,7 @@ impl Server {
             tracing::warn!("writes still running at exit; their outcome is not audited");
         }
         // Also on a gRPC error: stop the reconciler and release the Lease.
+        let _ = stop_leading.send(true);
         let _ = stop.send(true);
         if tokio::time::timeout(RELEASE_TIMEOUT, leadership.join_next())
             .await

@@ -897,6 +897,27 @@ async fn health_reports_serving_once_synced_and_shutdown_is_graceful() {
 }
 
 #[tokio::test]
+async fn a_stopping_server_is_not_ready_but_serves_new_connections_for_the_shutdown_delay() {
+    let namespace = namespace_with("shutdown", &[("web", 2)]).await;
+    let mut server = Setpoint::start_with("setpoint", &["--shutdown-delay=3s"]).await;
+    server.wait_until_ready().await;
+
+    server.signal_stop();
+    // Endpoints learn of the shutdown from readiness; meanwhile a client that still
+    // picks this replica, on a new connection, is served.
+    testenv::wait_for("/readyz to report the shutdown", || async {
+        let (code, body) = server.http_get("/readyz").await;
+        (code == 503 && body.contains("shutting down")).then_some(())
+    })
+    .await;
+    let replicas = get(&mut server.client(VIEWER).await, &namespace, "web")
+        .await
+        .expect("served during the shutdown delay");
+    assert_eq!(replicas.spec_replicas, 2);
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
 async fn policy_changes_apply_without_restart() {
     let namespace = namespace_with("policy", &[("web", 1)]).await;
     let server = Setpoint::start("setpoint").await;

@@ -110,6 +110,8 @@ pub fn spawn_server(
             pki.join("client-ca.crt").display()
         ))
         .arg(format!("--policy={}", dir.join("policy.yaml").display()))
+        // No load balancer to drain from locally: Ctrl-C stops at once.
+        .arg("--shutdown-delay=0s")
         .args(extra_args)
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -163,6 +163,7 @@ impl Setpoint {
             format!("--policy={}", path("policy.yaml")),
             format!("--reload-interval={RELOAD_INTERVAL}"),
             "--drain-timeout=5s".into(),
+            "--shutdown-delay=0s".into(),
             format!(
                 "--identity=test-server-{}",
                 SERVERS.fetch_add(1, Ordering::Relaxed)
@@ -271,11 +272,16 @@ impl Setpoint {
             .sum()
     }
 
-    /// Sends the shutdown signal and waits for the server to finish draining.
-    pub async fn stop(mut self) -> Result<(), setpoint_server::Error> {
+    /// Sends the shutdown signal (like SIGTERM) without waiting.
+    pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Sends the shutdown signal and waits for the server to finish draining.
+    pub async fn stop(mut self) -> Result<(), setpoint_server::Error> {
+        self.signal_stop();
         let task = self.task.take().expect("running");
         tokio::time::timeout(Duration::from_secs(10), task)
             .await

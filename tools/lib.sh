@@ -1,0 +1,31 @@
+# Shared by the build scripts under tools/: where the cache lives, the pinned versions,
+# and a Go build into the cache that says what it is doing. Source it; do not run it.
+
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${SETPOINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/setpoint}
+
+# module_version <module dir under tools/> <module path>
+module_version() { (cd "$tools_dir/$1" && GOWORK=off go list -m -f '{{.Version}}' "$2"); }
+
+kube_version=$(module_version controlplane/kubernetes k8s.io/kubernetes)
+kube_minor=${kube_version#v1.}; kube_minor=${kube_minor%%.*}
+kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor \
+-X k8s.io/component-base/version.gitTreeState=clean"
+
+# say <message>: a progress line on stderr, prefixed with the calling script's folder.
+say() { echo "$(basename "$(dirname "$0")"): $*" >&2; }
+
+# go_build <module dir under tools/> <package> <output file> <expected time> [ldflags]:
+# a static binary, a no-op when the output exists.
+go_build() {
+  local dir=$1 pkg=$2 output=$3 expected=$4 ldflags=${5:-}
+  [[ -x $output ]] && return
+  say "building $(basename "$output") from $pkg ($expected cold on 2 cores) ..."
+  local start=$SECONDS
+  mkdir -p "$(dirname "$output")"
+  (cd "$tools_dir/$dir" && GOWORK=off CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w $ldflags" -o "$output.tmp" "$pkg")
+  mv "$output.tmp" "$output"
+  say "built $(basename "$output") in $((SECONDS - start)) s"
+}
