@@ -78,7 +78,7 @@ kind-node: ## Offline KIND node image and CNI from the Go module proxy and Debia
 .PHONY: e2e-kind
 e2e-kind: ## End-to-end suite against the cluster of `KIND_OFFLINE=1 make deploy`
 	$(CARGO) build --locked -p setpointctl
-	$(CARGO) test --locked -p e2e-kind -- --ignored --test-threads=1
+	$(CARGO) test --locked -p e2e-kind -- --ignored --test-threads=1 --nocapture
 
 .PHONY: undeploy
 undeploy: ## Remove Setpoint from the KIND cluster

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make deploy`: Setpoint on a local KIND cluster (needs Docker). Creates or reuses the
 # cluster (KIND_OFFLINE=1: two nodes from the node image `make kind-node` builds, with
-# kube-router as CNI, for machines that reach no container registry), loads the image, creates the TLS Secret and client-CA ConfigMap from the dev
-# PKI, allows egress to this cluster's API server, applies k8s/base, waits for the
-# rollout, and runs a smoke test through a port-forward with setpointctl. `deploy.sh down` removes Setpoint;
-# `deploy.sh kind-down` deletes the cluster.
+# kube-router as CNI, for machines that reach no container registry), loads the image,
+# creates the TLS Secret and client-CA ConfigMap from a dev PKI in .dev/kind-pki, allows
+# egress to this cluster's API server, applies k8s/overlays/kind, waits for the rollout,
+# and runs a smoke test through a port-forward with setpointctl. Idempotent: a second run
+# rolls the pods only when the image or the PKI changed. `deploy.sh down` removes
+# Setpoint; `deploy.sh kind-down` deletes the cluster.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,14 +54,19 @@ echo "deploy: loading the image ..." >&2
 "$kind" load image-archive target/image/setpoint-server.tar --name "$cluster"
 
 echo "deploy: dev PKI, TLS Secret and client CA ..." >&2
-cargo run --quiet --locked -p devpki -- --out .dev/pki
+# Its own dev PKI, kept across runs (so a second `make deploy` changes nothing) until it
+# expires within a day; `make run` regenerates .dev/pki every time.
+pki=.dev/kind-pki
+if ! openssl x509 -checkend 86400 -noout -in "$pki/server.crt" >/dev/null 2>&1; then
+  cargo run --quiet --locked -p devpki -- --out "$pki"
+fi
 $kubectl apply -f k8s/base/namespace.yaml
 $kubectl -n setpoint create secret generic setpoint-tls \
-  --from-file=tls.crt=.dev/pki/server.crt --from-file=tls.key=.dev/pki/server.key \
-  --from-file=ca.crt=.dev/pki/ca.crt --dry-run=client -o yaml | $kubectl apply -f -
+  --from-file=tls.crt="$pki/server.crt" --from-file=tls.key="$pki/server.key" \
+  --from-file=ca.crt="$pki/ca.crt" --dry-run=client -o yaml | $kubectl apply -f -
 # Client certificates chain to their own CA, not to the server certificate's issuer.
 $kubectl -n setpoint create configmap setpoint-client-ca \
-  --from-file=ca.crt=.dev/pki/client-ca.crt --dry-run=client -o yaml | $kubectl apply -f -
+  --from-file=ca.crt="$pki/client-ca.crt" --dry-run=client -o yaml | $kubectl apply -f -
 
 # k8s/base allows no egress; the KIND overlay allows TCP 6443 to Docker's private
 # address pools. Check that it covers every API-server endpoint of this cluster.
@@ -85,8 +92,9 @@ for port in $(slices '{range .items[*]}{range .ports[*]}{.port}{" "}{end}{end}')
     exit 1
   }
 done
-# The tag stays setpoint-server:dev; the archive's digest in the pod template rolls the
-# pods when the image changed (a second `make deploy` upgrades in place), not otherwise.
+# The tag stays setpoint-server:dev; the digests of the image archive and of the PKI in
+# the pod template roll the pods when either changed (a second `make deploy` upgrades in
+# place), not otherwise.
 mkdir -p .dev/deploy
 cat > .dev/deploy/kustomization.yaml <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -97,7 +105,9 @@ patches:
     patch: |
       - op: add
         path: /spec/template/metadata/annotations
-        value: {setpoint.dev/image-archive: "sha256:$(sha256sum target/image/setpoint-server.tar | cut -d' ' -f1)"}
+        value:
+          setpoint.dev/image-archive: "sha256:$(sha256sum target/image/setpoint-server.tar | cut -d' ' -f1)"
+          setpoint.dev/pki: "sha256:$(cat "$pki"/{ca,client-ca,server}.crt | sha256sum | cut -d' ' -f1)"
 EOF
 $kubectl apply -k .dev/deploy
 $kubectl -n setpoint rollout status deployment/setpoint --timeout=180s
@@ -109,8 +119,8 @@ $kubectl -n setpoint-demo create deployment web --image=registry.k8s.io/pause:3.
 $kubectl -n setpoint port-forward service/setpoint 18443:8443 >/dev/null 2>&1 &
 forward=$!
 trap 'kill $forward 2>/dev/null || true' EXIT
-export SETPOINT_SERVER=https://localhost:18443 SETPOINT_CA=.dev/pki/ca.crt \
-  SETPOINT_CERT=.dev/pki/operator.crt SETPOINT_KEY=.dev/pki/operator.key
+export SETPOINT_SERVER=https://localhost:18443 SETPOINT_CA=$pki/ca.crt \
+  SETPOINT_CERT=$pki/operator.crt SETPOINT_KEY=$pki/operator.key
 ctl() { cargo run --quiet --locked -p setpointctl -- "$@"; }
 for _ in $(seq 30); do ctl list >/dev/null 2>&1 && break; sleep 1; done
 ctl list -n setpoint-demo

@@ -352,15 +352,15 @@ impl Logs {
     }
 }
 
-/// setpointctl (built by `make e2e-kind`) with the dev PKI's `identity` certificate,
-/// against `server`.
+/// setpointctl (built by `make e2e-kind`) with the `identity` certificate of the dev
+/// PKI `make deploy` made, against `server`.
 pub fn setpointctl(identity: &str, server: &str, args: &[&str]) -> Command {
     // target/debug/deps/<test>-<hash> → target/debug/setpointctl
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("setpointctl")))
         .unwrap_or_default();
-    let pki = root().join(".dev/pki");
+    let pki = root().join(".dev/kind-pki");
     let mut command = Command::new(binary);
     command
         .env("SETPOINT_SERVER", server)
