@@ -72,7 +72,7 @@ deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rol
 	tools/deploy/deploy.sh up
 
 .PHONY: kind-node
-kind-node: ## Offline KIND node image and CNI from the Go module proxy and Debian (Linux; cold ~30 min, then cached)
+kind-node: ## Offline KIND node image and CNI from the Go module proxy and Debian (Linux; ~10 min cold, then cached)
 	tools/kind/build.sh >/dev/null
 
 .PHONY: e2e-kind

@@ -27,8 +27,13 @@ command -v docker >/dev/null || { echo "make deploy needs Docker (for KIND)" >&2
 if [[ ${KIND_OFFLINE:-0} == 1 ]]; then
   offline=$(tools/kind/build.sh)
   node_image=$(sed -n 's/^ *image: //p' "$offline/cluster.yaml" | head -1)
-  # kind starts its nodes with --privileged; where Docker refuses that, use the wrapper.
-  if ! docker run --rm --privileged --entrypoint true "$node_image" >/dev/null 2>&1; then
+  # kind starts its nodes with --privileged; where Docker cannot grant every capability
+  # ("unable to apply caps"), use the wrapper. Any other failure is reported as it is.
+  if ! privileged=$(docker run --rm --privileged --entrypoint true "$node_image" 2>&1); then
+    if [[ $privileged != *"apply caps"* ]]; then
+      echo "deploy: cannot start the node image: $privileged" >&2
+      exit 1
+    fi
     echo "deploy: Docker refuses --privileged here; kind runs through tools/kind/docker-wrapper" >&2
     export SETPOINT_REAL_DOCKER
     SETPOINT_REAL_DOCKER=$(command -v docker)
@@ -95,19 +100,25 @@ done
 # The tag stays setpoint-server:dev; the digests of the image archive and of the PKI in
 # the pod template roll the pods when either changed (a second `make deploy` upgrades in
 # place), not otherwise.
+sha256() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -d' ' -f1; }
+image_digest=$(sha256 < target/image/setpoint-server.tar)
+pki_digest=$(cat "$pki"/{ca,client-ca,server}.crt | sha256)
 mkdir -p .dev/deploy
 cat > .dev/deploy/kustomization.yaml <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources: [../../k8s/overlays/kind]
 patches:
-  - target: {kind: Deployment, name: setpoint}
-    patch: |
-      - op: add
-        path: /spec/template/metadata/annotations
-        value:
-          setpoint.dev/image-archive: "sha256:$(sha256sum target/image/setpoint-server.tar | cut -d' ' -f1)"
-          setpoint.dev/pki: "sha256:$(cat "$pki"/{ca,client-ca,server}.crt | sha256sum | cut -d' ' -f1)"
+  - patch: |
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: setpoint, namespace: setpoint}
+      spec:
+        template:
+          metadata:
+            annotations:
+              setpoint.dev/image-archive: "sha256:$image_digest"
+              setpoint.dev/pki: "sha256:$pki_digest"
 EOF
 $kubectl apply -k .dev/deploy
 $kubectl -n setpoint rollout status deployment/setpoint --timeout=180s

@@ -20,8 +20,15 @@ kube_router_version=$(module_version kind/kube-router github.com/cloudnativelabs
 kind_version=$(module_version deploy sigs.k8s.io/kind)
 suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-pause_version=$(sed -n 's/^TAG ?= //p' "$(go env GOMODCACHE)/k8s.io/kubernetes@$kube_version/build/pause/Makefile")
-kind_files="$(go env GOMODCACHE)/sigs.k8s.io/kind@$kind_version/images/base/files"
+# Release files are checked against Debian's archive key, packages against them.
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+# module_dir <module dir under tools/> <module path>: its source, downloaded if needed.
+module_dir() {
+  (cd "$tools_dir/$1" && GOWORK=off go mod download -json "$2") | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
+}
+kubernetes_source=$(module_dir controlplane/kubernetes k8s.io/kubernetes)
+pause_version=$(sed -n 's/^TAG ?= //p' "$kubernetes_source/build/pause/Makefile")
+kind_files="$(module_dir deploy sigs.k8s.io/kind)/images/base/files"
 
 versions="kubernetes-$kube_version etcd-$etcd_version coredns-$coredns_version crictl-$crictl_version \
 kube-router-$kube_router_version pause-$pause_version kind-$kind_version debian-$suite-$(go env GOARCH)"
@@ -48,26 +55,27 @@ if [[ -f $node_archive ]]; then
   write_config
   exit
 fi
-[[ $(uname -s) == Linux ]] || { echo "kind-node: the offline node image is built on Linux only" >&2; exit 1; }
-command -v debootstrap >/dev/null || { echo "kind-node: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
+[[ $(uname -s) == Linux ]] || { say "the offline node image is built on Linux only"; exit 1; }
+command -v debootstrap >/dev/null || { say "needs debootstrap (apt-get install debootstrap)"; exit 1; }
+[[ -f $keyring ]] || { say "needs Debian's archive key $keyring (apt-get install debian-archive-keyring)"; exit 1; }
 start=$SECONDS
-say "building the offline KIND node image $node_image: cold about 30 min on 2 cores"
+say "building the offline KIND node image $node_image: about 10 min on 2 cores once the control plane is built"
 
 # 1. Binaries, one Kubernetes version for all; the control plane's are reused.
 controlplane=$("$tools_dir/controlplane/build.sh")
 cp "$controlplane"/{etcd,kube-apiserver,kube-controller-manager} "$bin/"
 cp "$("$tools_dir/deploy/build.sh")/kubectl" "$bin/"
-go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kubeadm "$bin/kubeadm" "about 6 min" "$kube_ldflags"
-go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kubelet "$bin/kubelet" "about 4 min" "$kube_ldflags"
-go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kube-scheduler "$bin/kube-scheduler" "about 1 min" "$kube_ldflags"
-go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kube-proxy "$bin/kube-proxy" "about 1 min" "$kube_ldflags"
-go_build kind/coredns github.com/coredns/coredns "$bin/coredns" "about 2 min"
+go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kubeadm "$bin/kubeadm" "under a minute" "$kube_ldflags"
+go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kubelet "$bin/kubelet" "under a minute" "$kube_ldflags"
+go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kube-scheduler "$bin/kube-scheduler" "seconds" "$kube_ldflags"
+go_build controlplane/kubernetes k8s.io/kubernetes/cmd/kube-proxy "$bin/kube-proxy" "seconds" "$kube_ldflags"
+go_build kind/coredns github.com/coredns/coredns "$bin/coredns" "about 3 min"
 go_build kind/crictl sigs.k8s.io/cri-tools/cmd/crictl "$bin/crictl" "about 1 min"
 go_build kind/kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$bin/kube-router" "about 2 min"
 if [[ ! -x $bin/pause ]]; then
   say "building pause $pause_version from the Kubernetes module (seconds) ..."
   gcc -Os -Wall -Werror -static -DVERSION="v$pause_version-setpoint" -o "$bin/pause" \
-    "$(go env GOMODCACHE)/k8s.io/kubernetes@$kube_version/build/pause/linux/pause.c"
+    "$kubernetes_source/build/pause/linux/pause.c"
 fi
 
 # 2. Two Debian bases: the node (systemd, containerd, runc, CNI plugins) and a small one
@@ -78,7 +86,7 @@ debootstrap_image() { # debootstrap_image <tag> <packages>
   say "debootstrap $suite for $tag from $mirror (1-2 min) ..."
   local rootfs
   rootfs=$(mktemp -d)
-  debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >/dev/null
+  debootstrap --keyring="$keyring" --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >/dev/null
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   local changes=(--change "ENV PATH=$path")
   if [[ $tag == *kind-base* ]]; then
@@ -115,7 +123,8 @@ prepare_node_rootfs() { # what kind's base-image Dockerfile does, with Debian's 
     systemctl mask systemd-binfmt.service >/dev/null 2>&1'
 }
 
-debootstrap_image setpoint.local/kind-base:$suite \
+# The node base holds the files that shape it (the entrypoint prelude): named by the shape.
+debootstrap_image "setpoint.local/kind-base:$suite-$shape" \
   systemd,dbus,containerd,runc,containernetworking-plugins,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,jq,procps
 debootstrap_image setpoint.local/debian-net:$suite iptables,ipset,iproute2,conntrack,kmod,bash,procps
 
@@ -153,7 +162,7 @@ fi
 say "assembling the node image (about 1 min) ..."
 node=setpoint-kind-node-build-$$
 docker run -d --name "$node" --entrypoint sleep --security-opt seccomp=unconfined \
-  setpoint.local/kind-base:$suite infinity >/dev/null
+  "setpoint.local/kind-base:$suite-$shape" infinity >/dev/null
 trap 'docker rm -f -v "$node" >/dev/null 2>&1 || true' EXIT
 for b in kubeadm kubelet kubectl crictl; do docker cp "$bin/$b" "$node:/usr/bin/$b"; done
 docker exec "$node" sh -c "chown root:root /usr/bin/kube* /usr/bin/crictl && mkdir -p /kind && printf %s $kube_version > /kind/version"

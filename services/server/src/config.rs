@@ -101,7 +101,8 @@ pub struct Config {
     #[arg(long, env = "SETPOINT_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
-    /// Then, how long in-flight requests may take before the server exits.
+    /// After --shutdown-delay, how long in-flight requests may take before the server
+    /// exits.
     #[arg(long, env = "SETPOINT_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

@@ -116,6 +116,15 @@ impl Cluster {
         })
     }
 
+    /// Runs `kubectl <args>` when the returned guard is dropped, also when a test fails
+    /// early: for what a test adds to Setpoint's own namespace.
+    pub fn on_drop(&self, args: &[&str]) -> OnDrop<'_> {
+        OnDrop {
+            cluster: self,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        }
+    }
+
     /// A Deployment of the pause image with `replicas`.
     pub fn workload(&self, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
         self.kubectl(&[
@@ -318,6 +327,20 @@ impl Drop for Namespace<'_> {
     }
 }
 
+pub struct OnDrop<'a> {
+    cluster: &'a Cluster,
+    args: Vec<String>,
+}
+
+impl Drop for OnDrop<'_> {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        if let Err(error) = self.cluster.kubectl(&args) {
+            eprintln!("cleanup failed: {error:#}");
+        }
+    }
+}
+
 pub struct PortForward {
     child: Child,
     pub port: u16,
@@ -335,9 +358,16 @@ pub struct Logs {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+impl Drop for Logs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Logs {
     /// Waits for the stream to end (the container stopped), at most `timeout`.
-    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    pub fn finish(&mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
         let deadline = Instant::now() + timeout;
         while self.child.try_wait()?.is_none() {
             ensure!(
@@ -354,12 +384,13 @@ impl Logs {
 
 /// setpointctl (built by `make e2e-kind`) with the `identity` certificate of the dev
 /// PKI `make deploy` made, against `server`.
-pub fn setpointctl(identity: &str, server: &str, args: &[&str]) -> Command {
+pub fn setpointctl(identity: &str, server: &str, args: &[&str]) -> anyhow::Result<Command> {
     // target/debug/deps/<test>-<hash> → target/debug/setpointctl
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("setpointctl")))
-        .unwrap_or_default();
+        .filter(|path| path.exists())
+        .context("no target/debug/setpointctl: build it first (`make e2e-kind` does)")?;
     let pki = root().join(".dev/kind-pki");
     let mut command = Command::new(binary);
     command
@@ -368,7 +399,7 @@ pub fn setpointctl(identity: &str, server: &str, args: &[&str]) -> Command {
         .env("SETPOINT_CERT", pki.join(format!("{identity}.crt")))
         .env("SETPOINT_KEY", pki.join(format!("{identity}.key")))
         .args(args);
-    command
+    Ok(command)
 }
 
 /// A command's stdout, or an error naming it with its stderr.

@@ -19,8 +19,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 
-/// The server's default --lease-duration.
-const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// The server's default --lease-renew-interval plus a margin: a takeover after the
+/// leader released the Lease comes within one check of a peer; one after expiry (the
+/// default --lease-duration, 15 s, from the last renewal) cannot come this early.
+const HANDOVER: Duration = Duration::from_secs(8);
 
 fn node_of(pod: &Pod) -> String {
     pod.spec
@@ -49,7 +51,13 @@ async fn both_replicas_run_hardened_on_different_nodes() -> anyhow::Result<()> {
     ensure!(nodes.len() == 2, "both replicas run on {nodes:?}");
     for pod in &pods {
         let status = pod.status.as_ref().context("pod status")?;
-        for container in status.container_statuses.iter().flatten() {
+        let containers = status.container_statuses.as_deref().unwrap_or_default();
+        ensure!(
+            !containers.is_empty(),
+            "{} reports no containers",
+            name_of(pod)
+        );
+        for container in containers {
             ensure!(
                 container.restart_count == 0,
                 "{} restarted {} times",
@@ -79,13 +87,19 @@ async fn both_replicas_run_hardened_on_different_nodes() -> anyhow::Result<()> {
                 "{}: root filesystem is writable",
                 name_of(pod)
             );
+            let capabilities = &spec["process"]["capabilities"];
+            for set in ["bounding", "effective", "permitted"] {
+                ensure!(
+                    capabilities[set].as_array().is_some_and(Vec::is_empty),
+                    "{} has {set} capabilities {}",
+                    name_of(pod),
+                    capabilities[set]
+                );
+            }
             ensure!(
-                spec["process"]["capabilities"]["effective"]
-                    .as_array()
-                    .is_none_or(Vec::is_empty),
-                "{} has capabilities {}",
-                name_of(pod),
-                spec["process"]["capabilities"]["effective"]
+                spec["process"]["noNewPrivileges"] == true,
+                "{} may gain privileges",
+                name_of(pod)
             );
         }
     }
@@ -101,12 +115,12 @@ async fn set_converges_and_external_scaling_is_reverted(
 ) -> anyhow::Result<()> {
     cluster.workload(namespace, "web", 1)?;
     let deployment = format!("{namespace}/web");
-    let list = run(setpointctl("operator", server, &["list", "-n", namespace]))?;
+    let list = run(setpointctl("operator", server, &["list", "-n", namespace])?)?;
     ensure!(
         list.contains("web"),
         "setpointctl list does not show web:\n{list}"
     );
-    run(setpointctl("operator", server, &["set", &deployment, "3"]))?;
+    run(setpointctl("operator", server, &["set", &deployment, "3"])?)?;
     wait_for(
         "web at 3 Ready replicas",
         Duration::from_secs(90),
@@ -137,7 +151,7 @@ async fn set_converges_and_external_scaling_is_reverted(
         "operator",
         server,
         &["--output", "json", "get", &deployment],
-    ))?)?;
+    )?)?)?;
     let row = &get[0];
     ensure!(
         row["desiredReplicas"] == 3 && row["specReplicas"] == 3,
@@ -204,7 +218,7 @@ async fn another_replica_takes_over_when_the_leader_pod_is_deleted() -> anyhow::
             .then_some(holder))
     })
     .await?;
-    let leader_logs = cluster.follow_logs(SETPOINT, &leader)?;
+    let mut leader_logs = cluster.follow_logs(SETPOINT, &leader)?;
 
     // The leader releases the Lease as its shutdown starts; the other replica, or the
     // Deployment's replacement for the deleted pod, takes it.
@@ -213,8 +227,8 @@ async fn another_replica_takes_over_when_the_leader_pod_is_deleted() -> anyhow::
     let mut holders = vec![leader.clone()];
     let successor = loop {
         ensure!(
-            deleted.elapsed() < LEASE_DURATION,
-            "no other replica took the Lease within {LEASE_DURATION:?}; holders seen: {holders:?}"
+            deleted.elapsed() < HANDOVER,
+            "no other replica took the Lease within {HANDOVER:?}; holders seen: {holders:?}"
         );
         let now = holder().await?;
         if holders.last() != Some(&now) {
@@ -330,6 +344,7 @@ async fn network_policy_limits_setpoint_egress_to_the_api_server() -> anyhow::Re
     // A control pod no policy selects, and a pod with Setpoint's labels.
     let control = cluster.namespace("e2e-control", &[])?;
     cluster.probe_pod(&control.name, "probe", &[]).await?;
+    let _probe = cluster.on_drop(&["-n", SETPOINT, "delete", "pod", "e2e-probe", "--wait=false"]);
     cluster
         .probe_pod(
             SETPOINT,
@@ -337,22 +352,32 @@ async fn network_policy_limits_setpoint_egress_to_the_api_server() -> anyhow::Re
             &[("app.kubernetes.io/name", SETPOINT)],
         )
         .await?;
-    let result = async {
-        for (what, host, port) in [("the API server", api.as_str(), 443), ("CoreDNS", dns.as_str(), 53), ("this machine", gateway.as_str(), outside)] {
-            ensure!(cluster.connects(&control.name, "probe", host, port)?, "control pod cannot reach {what} at {host}:{port}");
+    {
+        for (what, host, port) in [
+            ("the API server", api.as_str(), 443),
+            ("CoreDNS", dns.as_str(), 53),
+            ("this machine", gateway.as_str(), outside),
+        ] {
+            ensure!(
+                cluster.connects(&control.name, "probe", host, port)?,
+                "control pod cannot reach {what} at {host}:{port}"
+            );
         }
-        ensure!(cluster.connects(SETPOINT, "e2e-probe", &api, 443)?, "a Setpoint pod cannot reach the API server");
-        for (what, host, port) in [("CoreDNS (another in-cluster Service)", dns.as_str(), 53), ("an address outside the cluster", gateway.as_str(), outside)] {
+        ensure!(
+            cluster.connects(SETPOINT, "e2e-probe", &api, 443)?,
+            "a Setpoint pod cannot reach the API server"
+        );
+        for (what, host, port) in [
+            ("CoreDNS (another in-cluster Service)", dns.as_str(), 53),
+            ("an address outside the cluster", gateway.as_str(), outside),
+        ] {
             ensure!(
                 !cluster.connects(SETPOINT, "e2e-probe", host, port)?,
                 "NetworkPolicy not enforced: a pod with Setpoint's labels reached {what} at {host}:{port}, which the control pod also reaches"
             );
         }
-        Ok(())
     }
-    .await;
-    cluster.kubectl(&["-n", SETPOINT, "delete", "pod", "e2e-probe", "--wait=false"])?;
-    result
+    Ok(())
 }
 
 #[tokio::test]
@@ -406,6 +431,14 @@ async fn a_rolling_restart_fails_no_call() -> anyhow::Result<()> {
     // From this machine through a NodePort: kube-proxy spreads new connections over the
     // Service's ready endpoints, as it does for in-cluster clients. The extra policy
     // admits that port from the nodes for this test only.
+    let _nodeport = cluster.on_drop(&[
+        "-n",
+        SETPOINT,
+        "delete",
+        "service/e2e-nodeport",
+        "networkpolicy/e2e-nodeport",
+        "--ignore-not-found",
+    ]);
     cluster.apply(&format!(
         "apiVersion: v1
 kind: Service
@@ -424,7 +457,7 @@ spec:
   ingress: [{{ports: [{{port: 8443}}]}}]
 "
     ))?;
-    let result = async {
+    {
         let port = cluster.kubectl(&[
             "-n",
             SETPOINT,
@@ -443,7 +476,7 @@ spec:
         let server = format!("https://{node}:{port}");
         let deployment = format!("{}/web", namespace.name);
         let get = move || {
-            let mut command = setpointctl("viewer", &server, &["get", &deployment]);
+            let mut command = setpointctl("viewer", &server, &["get", &deployment])?;
             command.env("SETPOINT_TLS_SERVER_NAME", "setpoint.setpoint.svc");
             run(command)
         };
@@ -501,17 +534,8 @@ spec:
             failures.len(),
             failures[0]
         );
-        Ok(())
     }
-    .await;
-    cluster.kubectl(&[
-        "-n",
-        SETPOINT,
-        "delete",
-        "service/e2e-nodeport",
-        "networkpolicy/e2e-nodeport",
-    ])?;
-    result
+    Ok(())
 }
 
 /// `(group, resource, verb, name)` for every rule, `*` where a rule names none.
@@ -533,9 +557,13 @@ fn rules(review: SelfSubjectRulesReview) -> BTreeSet<(String, String, String, St
             }
         }
     }
-    // What every authenticated user may do.
-    set.retain(|(group, _, _, _)| {
-        group != "authorization.k8s.io" && group != "authentication.k8s.io"
+    // What every authenticated user may do: review itself.
+    set.retain(|(group, resource, verb, _)| {
+        !(matches!(
+            group.as_str(),
+            "authorization.k8s.io" | "authentication.k8s.io"
+        ) && resource.starts_with("selfsubject")
+            && verb == "create")
     });
     set
 }
@@ -625,7 +653,14 @@ async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> an
             },
             ..SelfSubjectRulesReview::default()
         };
-        let got = rules(reviews.create(&PostParams::default(), &review).await?);
+        let review = reviews.create(&PostParams::default(), &review).await?;
+        let status = review.status.as_ref().context("review status")?;
+        ensure!(
+            !status.incomplete,
+            "the rules review of {namespace} is incomplete: {:?}",
+            status.evaluation_error
+        );
+        let got = rules(review);
         let extra: Vec<_> = got.difference(&want).collect();
         let missing: Vec<_> = want.difference(&got).collect();
         ensure!(
