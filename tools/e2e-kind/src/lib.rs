@@ -35,6 +35,17 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The kubeconfig context `make deploy` writes for the cluster.
+async fn kind_config() -> anyhow::Result<Config> {
+    let options = KubeConfigOptions {
+        context: Some(CONTEXT.into()),
+        ..KubeConfigOptions::default()
+    };
+    Config::from_kubeconfig(&options)
+        .await
+        .context("no kubeconfig context kind-setpoint: run `KIND_OFFLINE=1 make deploy`")
+}
+
 pub struct Cluster {
     pub client: Client,
     kubectl: PathBuf,
@@ -42,13 +53,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn connect() -> anyhow::Result<Self> {
-        let options = KubeConfigOptions {
-            context: Some(CONTEXT.into()),
-            ..KubeConfigOptions::default()
-        };
-        let config = Config::from_kubeconfig(&options)
-            .await
-            .context("no kubeconfig context kind-setpoint: run `KIND_OFFLINE=1 make deploy`")?;
+        let config = kind_config().await?;
         let tools = run(Command::new(root().join("tools/deploy/build.sh")))?;
         Ok(Self {
             client: Client::try_from(config)?,
@@ -58,11 +63,7 @@ impl Cluster {
 
     /// A client that authenticates as `user` with `groups` (impersonation).
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<Client> {
-        let options = KubeConfigOptions {
-            context: Some(CONTEXT.into()),
-            ..KubeConfigOptions::default()
-        };
-        let mut config = Config::from_kubeconfig(&options).await?;
+        let mut config = kind_config().await?;
         config.auth_info.impersonate = Some(user.into());
         config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
         Ok(Client::try_from(config)?)
