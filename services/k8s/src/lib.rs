@@ -3,6 +3,7 @@
 //! the field managers Setpoint writes under, and the rules both sides must read the
 //! same way ([`spec_replicas`], [`autoscaler_target`], [`setpoint_version`]).
 
+pub mod index;
 pub mod resource;
 
 use k8s_openapi::api::apps::v1::Deployment;

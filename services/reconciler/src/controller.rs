@@ -1,28 +1,30 @@
-//! The reconciler: a kube-runtime `Controller` over ReplicaSetpoints, also triggered by
-//! their Deployments and by HPAs. Each reconcile reads the Deployment, decides
-//! ([`crate::decide`]), writes replicas only through the scale subresource with the
-//! resourceVersion it read, and records the outcome in status and Events.
+//! The reconciler: kube-runtime's applier over ReplicaSetpoints, triggered by every
+//! change the server's watches report for a setpoint, its Deployment or an HPA
+//! ([`Stores::subscribe`]). Each reconcile reads the Deployment and HPAs from those
+//! shared stores (no request), decides ([`crate::decide`]), writes replicas only through
+//! the scale subresource with the cached resourceVersion, and records the outcome in
+//! status and Events. A 409 means the cache was behind: the retry reads it again.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::broadcast::error::RecvError;
 
 use setpoint_core::DeploymentKey;
-use setpoint_k8s::{
-    RECONCILER_FIELD_MANAGER, ReplicaSetpoint, autoscaler_target, key_of, spec_replicas,
-};
+use setpoint_k8s::RECONCILER_FIELD_MANAGER;
+use setpoint_k8s::index::Stores;
+use setpoint_k8s::{ReplicaSetpoint, key_of};
 
 use crate::decide::{Decision, Reason, Target, decide, next_status};
 use crate::metrics::{ReconcilerMetrics, ResultLabels};
@@ -49,40 +51,37 @@ pub enum Error {
 
 pub struct Context {
     client: Client,
+    stores: Stores,
     recorder: Recorder,
     metrics: ReconcilerMetrics,
     /// Consecutive failures per setpoint, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ReplicaSetpoint>, u32>>,
 }
 
-/// Runs the controller until the task is dropped (the lease loop aborts it when this
-/// replica stops leading). `instance` names this replica in Events.
-pub async fn run(client: Client, metrics: ReconcilerMetrics, instance: String) {
+/// Runs the reconciler until the task is dropped (the lease loop aborts it when this
+/// replica stops leading): once `stores` are synced, every setpoint, then each one whose
+/// setpoint, Deployment or HPA changes. `instance` names this replica in Events.
+pub async fn run(client: Client, stores: Stores, metrics: ReconcilerMetrics, instance: String) {
     let reporter = Reporter {
         controller: "setpoint".into(),
         instance: Some(instance),
     };
+    stores.wait_synced().await;
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
+        client,
+        stores: stores.clone(),
         metrics,
         failures: Mutex::default(),
     });
-    Controller::new(
-        Api::<ReplicaSetpoint>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+    controller::applier(
+        |setpoint, context| Box::pin(reconcile(setpoint, context)),
+        error_policy,
+        context,
+        stores.setpoints.clone(),
+        triggers(stores),
+        controller::Config::default(),
     )
-    .watches(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-        |deployment| Some(setpoint_of(key_of(&deployment))),
-    )
-    .watches(
-        Api::<HorizontalPodAutoscaler>::all(client),
-        watcher::Config::default().any_semantic(),
-        |autoscaler| autoscaler_target(&autoscaler).map(setpoint_of),
-    )
-    .run(reconcile, error_policy, context)
     .for_each(|result| {
         if let Err(error) = result {
             tracing::debug!(%error, "reconcile failed");
@@ -90,6 +89,38 @@ pub async fn run(client: Client, metrics: ReconcilerMetrics, instance: String) {
         std::future::ready(())
     })
     .await;
+}
+
+/// Every setpoint, then the setpoint of each changed Deployment; every setpoint again
+/// if the changes came faster than this replica took them.
+fn triggers(stores: Stores) -> impl Stream<Item = Result<ObjectRef<ReplicaSetpoint>, Infallible>> {
+    // Subscribed before the first round, so that no change falls between the two.
+    let changes = stores.subscribe();
+    let every = |stores: &Stores| {
+        let setpoints = stores.setpoints.state();
+        stream::iter(
+            setpoints
+                .iter()
+                .map(|setpoint| ObjectRef::from_obj(&**setpoint))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = every(&stores);
+    let next = stream::unfold((changes, stores), move |(mut changes, stores)| async move {
+        let triggered = match changes.recv().await {
+            Ok(key) => stream::iter(vec![setpoint_of(key)]),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "fell behind the watch events; reconciling every setpoint"
+                );
+                every(&stores)
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((triggered, (changes, stores)))
+    });
+    first.chain(next.flatten()).map(Ok)
 }
 
 /// The setpoint of the Deployment `key` (they share namespace and name).
@@ -123,23 +154,12 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
     let namespace = setpoint
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    // A quorum read: its resourceVersion guards the scale write.
-    let deployments = Api::<Deployment>::namespaced(context.client.clone(), &namespace);
-    let deployment = deployments.get_opt(&name).await?;
-    // HPAs from the API server's watch cache ("any" resource version): a consistent list
-    // waits for that cache to catch up with etcd, which `make bench` measured at ~40 ms
-    // per reconcile. An HPA the cache has not seen yet triggers this controller when it
-    // arrives, and the next reconcile holds.
-    let autoscaler = Api::<HorizontalPodAutoscaler>::namespaced(context.client.clone(), &namespace)
-        .list(&ListParams::default().match_any())
-        .await?
-        .items
-        .into_iter()
-        .find(|hpa| autoscaler_target(hpa).is_some_and(|target| target.name == name))
-        .map(|hpa| hpa.name_any());
+    let key = key_of(setpoint);
+    let deployment = context.stores.deployments.get(&key);
+    let autoscaler = context.stores.autoscalers.of(&key);
     let target = deployment.as_ref().map(|deployment| Target {
-        uid: deployment.uid().unwrap_or_default(),
-        replicas: spec_replicas(deployment),
+        uid: deployment.uid.clone(),
+        replicas: deployment.spec_replicas,
     });
 
     let decision = decide(setpoint, target.as_ref(), autoscaler.as_deref());
@@ -149,7 +169,8 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
             to,
             reverting,
         } => {
-            let resource_version = deployment.and_then(|d| d.metadata.resource_version);
+            let deployments = Api::<Deployment>::namespaced(context.client.clone(), &namespace);
+            let resource_version = deployment.map(|d| d.resource_version.clone());
             match scale(&deployments, &name, to, resource_version).await {
                 Ok(()) => {
                     let (event, note) = if reverting {
@@ -220,8 +241,8 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
     Ok(Action::await_change())
 }
 
-/// PUT /scale with the resourceVersion that was read: a 409 means someone changed the
-/// Deployment in between, and the next reconcile decides again.
+/// PUT /scale with the cached resourceVersion: a 409 means the Deployment changed after
+/// the cache saw it, and the retry decides again on what the watch has seen since.
 async fn scale(
     deployments: &Api<Deployment>,
     name: &str,
@@ -378,33 +399,27 @@ mod tests {
         setpoint
     }
 
-    fn deployment(replicas: i32) -> Value {
-        json!({
+    fn deployment(replicas: i32) -> Deployment {
+        serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"namespace": "team-a", "name": "web", "uid": "uid-web", "resourceVersion": "42"},
             "spec": {"replicas": replicas, "selector": {}, "template": {}},
-        })
+        }))
+        .expect("a Deployment")
     }
 
-    fn no_autoscalers() -> Value {
-        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []})
-    }
-
-    /// A fake API server holding the Deployment with `replicas` and no HPA; `write`
-    /// answers everything else (the scale, status and Event writes).
+    /// A reconciler whose watch cache holds the Deployment with `replicas` and no HPA,
+    /// and a fake API server where `write` answers every request (scale, status, Events).
     fn cluster(
         replicas: i32,
         write: impl Fn(&fake::Received) -> (u16, Value) + Send + Sync + 'static,
-    ) -> (Client, fake::Log) {
-        fake::client(move |request| match request.method.as_str() {
-            "GET" if request.uri.starts_with(DEPLOYMENT) => (200, deployment(replicas)),
-            "GET" => (200, no_autoscalers()),
-            _ => write(request),
-        })
-    }
-
-    fn context(client: Client) -> Arc<Context> {
-        Arc::new(Context {
+    ) -> (Arc<Context>, fake::Log) {
+        let (client, log) = fake::client(write);
+        let (stores, _) = Stores::new();
+        stores
+            .deployments
+            .apply(kube::runtime::watcher::Event::Apply(deployment(replicas)));
+        let context = Arc::new(Context {
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -413,15 +428,16 @@ mod tests {
                 },
             ),
             client,
+            stores,
             metrics: ReconcilerMetrics::register(&mut Registry::default()),
             failures: Mutex::default(),
-        })
+        });
+        (context, log)
     }
 
     #[tokio::test]
     async fn a_conflicting_scale_is_retried_soon_without_backoff() {
-        let (client, log) = cluster(2, |_| (409, fake::status(409, "Conflict")));
-        let context = context(client);
+        let (context, log) = cluster(2, |_| (409, fake::status(409, "Conflict")));
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
             .await
@@ -452,8 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_status_write_fails_the_reconcile_and_backs_off() {
-        let (client, log) = cluster(5, |_| (500, fake::status(500, "InternalError")));
-        let context = context(client);
+        let (context, log) = cluster(5, |_| (500, fake::status(500, "InternalError")));
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
             .await
@@ -476,8 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_writes_are_conditional_on_the_setpoint_read() {
-        let (client, log) = cluster(5, |_| (409, fake::status(409, "Conflict")));
-        let context = context(client);
+        let (context, log) = cluster(5, |_| (409, fake::status(409, "Conflict")));
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
             .await
@@ -494,11 +508,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_scale_stays_the_error_when_reporting_it_fails_too() {
-        let (client, _) = cluster(2, |request| match request.method.as_str() {
+        let (context, _) = cluster(2, |request| match request.method.as_str() {
             "PUT" => (403, fake::status(403, "Forbidden")),
             _ => (500, fake::status(500, "InternalError")),
         });
-        let error = reconcile(Arc::new(setpoint(5)), context(client))
+        let error = reconcile(Arc::new(setpoint(5)), context)
             .await
             .expect_err("403");
         assert!(
@@ -509,14 +523,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_scale_is_reported_in_status() {
-        let (client, log) = cluster(2, |request| match request.method.as_str() {
+        let (context, log) = cluster(2, |request| match request.method.as_str() {
             "PUT" => (403, fake::status(403, "Forbidden")),
             _ => (
                 200,
                 serde_json::to_value(setpoint(5)).expect("the setpoint as stored"),
             ),
         });
-        let error = reconcile(Arc::new(setpoint(5)), context(client))
+        let error = reconcile(Arc::new(setpoint(5)), context)
             .await
             .expect_err("403");
         assert!(
@@ -531,6 +545,53 @@ mod tests {
         assert_eq!(
             status.body["status"]["conditions"][0]["reason"],
             "ScaleFailed"
+        );
+    }
+
+    #[tokio::test]
+    async fn reconciles_read_from_the_watch_cache() {
+        let (context, log) = cluster(5, |_| (500, fake::status(500, "unexpected write")));
+        let mut in_sync = setpoint(5);
+        in_sync.status = Some(next_status(
+            &in_sync,
+            Reason::Reconciled,
+            "spec.replicas is 5".into(),
+            Some(5),
+            Timestamp::UNIX_EPOCH,
+        ));
+        reconcile(Arc::new(in_sync), context)
+            .await
+            .expect("in sync");
+        assert_eq!(
+            log.calls(),
+            Vec::<String>::new(),
+            "requests of an in-sync reconcile"
+        );
+
+        let (context, log) = cluster(2, |request| match request.method.as_str() {
+            "PUT" => (
+                200,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 5}}),
+            ),
+            _ => (
+                200,
+                serde_json::to_value(setpoint(5)).expect("the setpoint as stored"),
+            ),
+        });
+        reconcile(Arc::new(setpoint(5)), context)
+            .await
+            .expect("scaled");
+        let mut calls = log.calls();
+        calls.sort();
+        assert_eq!(
+            calls,
+            [
+                "PATCH /apis/setpoint.dev/v1alpha1/namespaces/team-a/replicasetpoints/web/status"
+                    .to_string(),
+                "POST /apis/events.k8s.io/v1/namespaces/team-a/events".into(),
+                format!("PUT {DEPLOYMENT}/scale"),
+            ],
+            "requests of a reconcile that scales: the scale, its status and its Event"
         );
     }
 }

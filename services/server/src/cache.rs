@@ -1,34 +1,32 @@
-//! The watch cache every read is answered from: kube-runtime reflectors over
-//! Deployments, ReplicaSetpoints and HorizontalPodAutoscalers in all namespaces,
-//! trimmed to what answers need. Nothing here sends a request per read. It also knows
-//! which watches keep failing, so readiness can say when answers may be stale.
+//! The watch cache every read is answered from: kube-runtime watches of Deployments,
+//! ReplicaSetpoints and HorizontalPodAutoscalers in all namespaces, kept in the
+//! [`Stores`] the reconciler shares. Nothing here sends a request per read. It also
+//! knows which watches keep failing, so readiness can say when answers may be stale.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use setpoint_core::{DeploymentKey, Error};
-use setpoint_k8s::{ReplicaSetpoint, autoscaler_target};
+use setpoint_k8s::index::{Deployments, Stores};
+use setpoint_k8s::{ReplicaSetpoint, key_of};
 use tokio::task::JoinSet;
 
 use crate::metrics::{KindLabels, Metrics};
 
 #[derive(Clone)]
 pub struct Cache {
-    deployments: Store<Deployment>,
-    setpoints: Store<ReplicaSetpoint>,
-    autoscalers: Store<HorizontalPodAutoscaler>,
-    synced: Arc<AtomicBool>,
+    pub stores: Stores,
     failing: FailingWatches,
 }
 
@@ -142,7 +140,7 @@ impl Backoff for RetryBackoff {
 }
 
 impl Cache {
-    /// Starts one watch per kind on `tasks`; the cache reports synced once every
+    /// Starts one watch per kind on `tasks`; the stores report synced once every
     /// watch has completed its first list.
     pub fn start(
         client: &Client,
@@ -153,65 +151,50 @@ impl Cache {
         let config = watcher::Config::default()
             .any_semantic()
             .timeout(u32::try_from(watch_timeout.as_secs()).unwrap_or(u32::MAX));
-        let failing = FailingWatches::default();
-        let deployments = watch(
+        let (stores, mut setpoints) = Stores::new();
+        let watches = Watches {
+            stores: stores.clone(),
+            failing: FailingWatches::default(),
+            unsynced: Arc::new(AtomicUsize::new(3)),
+            metrics,
+            config,
+        };
+        let deployments = stores.deployments.clone();
+        watches.start(
             Api::<Deployment>::all(client.clone()),
             "deployments",
-            config.clone(),
-            |deployment| {
-                deployment.managed_fields_mut().clear();
-                deployment.annotations_mut().clear();
-                if let Some(spec) = deployment.spec.as_mut() {
-                    // The pod template is most of a Deployment's size and no answer uses it.
-                    spec.template = Default::default();
-                }
-            },
-            &failing,
-            metrics,
+            move |event| (deployments.apply(event), deployments.len()),
             tasks,
         );
-        let setpoints = watch(
-            Api::<ReplicaSetpoint>::all(client.clone()),
-            "replicasetpoints",
-            config.clone(),
-            |setpoint| setpoint.managed_fields_mut().clear(),
-            &failing,
-            metrics,
-            tasks,
-        );
-        let autoscalers = watch(
+        let autoscalers = stores.autoscalers.clone();
+        watches.start(
             Api::<HorizontalPodAutoscaler>::all(client.clone()),
             "horizontalpodautoscalers",
-            config,
-            |autoscaler| {
-                autoscaler.managed_fields_mut().clear();
-                autoscaler.annotations_mut().clear();
-                autoscaler.status = None;
-            },
-            &failing,
-            metrics,
+            move |event| (autoscalers.apply(event), autoscalers.len()),
             tasks,
         );
-
-        let synced = Arc::new(AtomicBool::new(false));
-        let stores = (deployments.clone(), setpoints.clone(), autoscalers.clone());
-        let flag = synced.clone();
-        tasks.spawn(async move {
-            // `wait_until_ready` only fails when the writer is dropped, i.e. at shutdown.
-            let ready = stores.0.wait_until_ready().await.is_ok()
-                && stores.1.wait_until_ready().await.is_ok()
-                && stores.2.wait_until_ready().await.is_ok();
-            if ready {
-                flag.store(true, Ordering::Release);
-                tracing::info!("watch cache synced");
-            }
-        });
+        let store = stores.setpoints.clone();
+        watches.start(
+            Api::<ReplicaSetpoint>::all(client.clone()),
+            "replicasetpoints",
+            move |event| {
+                let event = event.modify(|setpoint| setpoint.managed_fields_mut().clear());
+                setpoints.apply_watcher_event(&event);
+                let changed = match event {
+                    Event::Apply(setpoint)
+                    | Event::InitApply(setpoint)
+                    | Event::Delete(setpoint) => {
+                        vec![key_of(&setpoint)]
+                    }
+                    Event::Init | Event::InitDone => Vec::new(),
+                };
+                (changed, store.len())
+            },
+            tasks,
+        );
         Self {
-            deployments,
-            setpoints,
-            autoscalers,
-            synced,
-            failing,
+            stores,
+            failing: watches.failing,
         }
     }
 
@@ -221,7 +204,7 @@ impl Cache {
     }
 
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.stores.is_synced()
     }
 
     fn ensure_synced(&self) -> Result<(), Error> {
@@ -232,77 +215,80 @@ impl Cache {
         }
     }
 
-    /// Every cached Deployment (a snapshot of shared pointers).
-    pub fn deployments(&self) -> Result<Vec<Arc<Deployment>>, Error> {
+    /// The Deployment index, once every watch has completed its first list.
+    pub fn deployments(&self) -> Result<&Deployments, Error> {
         self.ensure_synced()?;
-        Ok(self.deployments.state())
-    }
-
-    pub fn deployment(&self, key: &DeploymentKey) -> Result<Option<Arc<Deployment>>, Error> {
-        self.ensure_synced()?;
-        Ok(self
-            .deployments
-            .get(&ObjectRef::new(&key.name).within(&key.namespace)))
+        Ok(&self.stores.deployments)
     }
 
     /// The setpoint of the Deployment `key`, if any.
     pub fn setpoint(&self, key: &DeploymentKey) -> Option<Arc<ReplicaSetpoint>> {
-        self.setpoints
-            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        self.stores.setpoint(key)
     }
 
     /// The name of an HPA that scales the Deployment `key`, if any.
     pub fn autoscaler_of(&self, key: &DeploymentKey) -> Option<String> {
-        self.autoscalers.state().iter().find_map(|autoscaler| {
-            (autoscaler_target(autoscaler).as_ref() == Some(key)).then(|| autoscaler.name_any())
-        })
+        self.stores.autoscalers.of(key)
     }
 }
 
-/// Starts a reflector for `api` on `tasks`, applying `trim` to every object before it
-/// is stored, and returns its store.
-fn watch<K>(
-    api: Api<K>,
-    kind: &'static str,
+/// What each watch needs: where its events go, its failures, and the count of watches
+/// that have not completed their first list.
+struct Watches<'a> {
+    stores: Stores,
+    failing: FailingWatches,
+    unsynced: Arc<AtomicUsize>,
+    metrics: &'a Metrics,
     config: watcher::Config,
-    trim: impl FnMut(&mut K) + Send + 'static,
-    failing: &FailingWatches,
-    metrics: &Metrics,
-    tasks: &mut JoinSet<()>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let labels = KindLabels { kind };
-    let (restarts, size) = (
-        metrics.watch_restarts.get_or_create(&labels).clone(),
-        metrics.cache_objects.get_or_create(&labels).clone(),
-    );
-    let (store, failing) = (reader.clone(), failing.clone());
-    let stream = watcher(api, config)
-        .backoff(RetryBackoff(RETRY_FIRST))
-        .modify(trim)
-        .reflect(writer);
-    tasks.spawn(stream.for_each(move |event| {
-        match event {
-            Ok(_) => {
-                size.set(store.len() as i64);
-                failing.recovered(kind);
+}
+
+impl Watches<'_> {
+    /// Starts a watch of `api` on `tasks`. `apply` stores each event and returns the
+    /// Deployments it changed (which subscribers hear of) and the kind's object count.
+    fn start<K>(
+        &self,
+        api: Api<K>,
+        kind: &'static str,
+        mut apply: impl FnMut(Event<K>) -> (Vec<DeploymentKey>, usize) + Send + 'static,
+        tasks: &mut JoinSet<()>,
+    ) where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let labels = KindLabels { kind };
+        let (restarts, size) = (
+            self.metrics.watch_restarts.get_or_create(&labels).clone(),
+            self.metrics.cache_objects.get_or_create(&labels).clone(),
+        );
+        let (stores, failing, unsynced) = (
+            self.stores.clone(),
+            self.failing.clone(),
+            self.unsynced.clone(),
+        );
+        let mut synced = false;
+        let stream = watcher::watcher(api, self.config.clone()).backoff(RetryBackoff(RETRY_FIRST));
+        tasks.spawn(stream.for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    let first_list_done = !synced && matches!(event, Event::InitDone);
+                    let (changed, objects) = apply(event);
+                    size.set(i64::try_from(objects).unwrap_or(i64::MAX));
+                    changed.into_iter().for_each(|key| stores.changed(key));
+                    failing.recovered(kind);
+                    if first_list_done {
+                        synced = true;
+                        if unsynced.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            stores.mark_synced();
+                            tracing::info!("watch cache synced");
+                        }
+                    }
+                }
+                Err(error) => {
+                    restarts.inc();
+                    tracing::warn!(kind, %error, "watch failed; retrying with backoff");
+                    failing.failed(kind, summary(&error));
+                }
             }
-            Err(error) => {
-                restarts.inc();
-                tracing::warn!(kind, %error, "watch failed; retrying with backoff");
-                failing.failed(kind, summary(&error));
-            }
-        }
-        std::future::ready(())
-    }));
-    reader
+            std::future::ready(())
+        }));
+    }
 }

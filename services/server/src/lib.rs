@@ -200,7 +200,7 @@ impl Server {
             duration: config.lease_duration,
             renew_every: config.lease_renew_interval,
         };
-        let identity = config.identity.clone();
+        let (identity, stores) = (config.identity.clone(), cache.stores.clone());
         leadership.spawn(lease::run(
             reconciler_client.clone(),
             lease_config,
@@ -208,6 +208,7 @@ impl Server {
             move || {
                 setpoint_reconciler::controller::run(
                     reconciler_client.clone(),
+                    stores.clone(),
                     reconciler_metrics.clone(),
                     identity.clone(),
                 )

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
 use setpoint_core::limits::WriteLimiter;
 use setpoint_core::{AUDIT, Caller, DeploymentKey};
-use setpoint_k8s::{
-    API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, key_of, setpoint_version,
-};
+use setpoint_k8s::{API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, setpoint_version};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -87,9 +85,8 @@ impl Replicas {
         Ok(Page {
             deployments: page
                 .iter()
-                .map(|deployment| {
-                    let setpoint = self.cache.setpoint(&key_of(&**deployment));
-                    view::view(deployment, setpoint.as_deref())
+                .map(|(key, deployment)| {
+                    view::view(key, deployment, self.cache.setpoint(key).as_deref())
                 })
                 .collect(),
             next_page_token: next
@@ -102,9 +99,14 @@ impl Replicas {
         caller.check(&key.namespace)?;
         let deployment = self
             .cache
-            .deployment(key)?
+            .deployments()?
+            .get(key)
             .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
-        Ok(view::view(&deployment, self.cache.setpoint(key).as_deref()))
+        Ok(view::view(
+            key,
+            &deployment,
+            self.cache.setpoint(key).as_deref(),
+        ))
     }
 
     /// Stores the setpoint and answers with the Deployment as the stored setpoint sees
@@ -168,7 +170,8 @@ impl Replicas {
         validate_replicas(request.replicas, self.max_replicas)?;
         let deployment = self
             .cache
-            .deployment(key)?
+            .deployments()?
+            .get(key)
             .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
         if let Some(autoscaler) = self.cache.autoscaler_of(key) {
             return Err(setpoint_core::Error::ManagedByAutoscaler {
@@ -181,11 +184,11 @@ impl Replicas {
             .acquire(&caller.identity, Instant::now())?;
         let spec = ReplicaSetpointSpec {
             replicas: request.replicas,
-            deployment_uid: deployment.metadata.uid.clone().unwrap_or_default(),
+            deployment_uid: deployment.uid.clone(),
         };
         let (previous, stored) =
             store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?;
-        Ok((previous, view::view(&deployment, Some(&stored))))
+        Ok((previous, view::view(key, &deployment, Some(&stored))))
     }
 }
 

@@ -3,16 +3,16 @@
 //! and how listing filters, orders and pages the cache. Plain functions over cached
 //! objects, unit-tested without a cluster; the gRPC edge turns views into messages.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use setpoint_core::key::{validate_name, validate_namespace};
 use setpoint_core::{DeploymentKey, Error, Scope};
-use setpoint_k8s::{ReplicaSetpoint, key_of, setpoint_version, spec_replicas};
+use setpoint_k8s::index::{DeploymentRow, Deployments};
+use setpoint_k8s::{ReplicaSetpoint, setpoint_version};
 use sha2::{Digest, Sha256};
 
 /// Where reconciling a Deployment to its setpoint stands.
@@ -46,16 +46,19 @@ pub struct DeploymentView {
     pub version: String,
 }
 
-pub fn view(deployment: &Deployment, setpoint: Option<&ReplicaSetpoint>) -> DeploymentView {
-    let status = deployment.status.clone().unwrap_or_default();
+pub fn view(
+    key: &DeploymentKey,
+    deployment: &DeploymentRow,
+    setpoint: Option<&ReplicaSetpoint>,
+) -> DeploymentView {
     let (state, message) = reconcile_state(deployment, setpoint);
     DeploymentView {
-        key: key_of(deployment),
-        uid: deployment.uid().unwrap_or_default(),
-        spec_replicas: spec_replicas(deployment),
-        ready_replicas: status.ready_replicas.unwrap_or(0),
-        available_replicas: status.available_replicas.unwrap_or(0),
-        updated_replicas: status.updated_replicas.unwrap_or(0),
+        key: key.clone(),
+        uid: deployment.uid.clone(),
+        spec_replicas: deployment.spec_replicas,
+        ready_replicas: deployment.ready_replicas,
+        available_replicas: deployment.available_replicas,
+        updated_replicas: deployment.updated_replicas,
         desired_replicas: setpoint.map(|setpoint| setpoint.spec.replicas),
         state,
         message,
@@ -64,13 +67,13 @@ pub fn view(deployment: &Deployment, setpoint: Option<&ReplicaSetpoint>) -> Depl
 }
 
 fn reconcile_state(
-    deployment: &Deployment,
+    deployment: &DeploymentRow,
     setpoint: Option<&ReplicaSetpoint>,
 ) -> (ReconcileState, String) {
     let Some(setpoint) = setpoint else {
         return (ReconcileState::Unmanaged, String::new());
     };
-    if deployment.uid().as_deref() != Some(setpoint.spec.deployment_uid.as_str()) {
+    if deployment.uid != setpoint.spec.deployment_uid {
         return (
             ReconcileState::TargetReplaced,
             "the setpoint was made for an earlier Deployment with this name; set replicas \
@@ -112,32 +115,41 @@ pub struct ListQuery {
 }
 
 /// One page of `deployments` in (namespace, name) order, and the key to continue after
-/// when more match.
+/// when more match. Visits only the namespaces the query and scope allow, from the
+/// cursor on.
 pub fn list_page(
-    deployments: Vec<Arc<Deployment>>,
+    deployments: &Deployments,
     query: &ListQuery,
-) -> (Vec<Arc<Deployment>>, Option<DeploymentKey>) {
-    let mut matching: Vec<(DeploymentKey, Arc<Deployment>)> = deployments
-        .into_iter()
-        .map(|deployment| (key_of(&*deployment), deployment))
-        .filter(|(key, deployment)| {
-            (query.namespace.is_empty() || key.namespace == query.namespace)
-                && query.scope.allows(&key.namespace)
-                && query.after.as_ref().is_none_or(|after| key > after)
-                && query.selector.matches(deployment.labels())
-        })
-        .collect();
-    let more = matching.len() > query.page_size;
-    if more {
-        // Only the page needs sorting: partition around the first key after it.
-        matching.select_nth_unstable_by(query.page_size, |a, b| a.0.cmp(&b.0));
-        matching.truncate(query.page_size);
-    }
-    matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+) -> (
+    Vec<(DeploymentKey, Arc<DeploymentRow>)>,
+    Option<DeploymentKey>,
+) {
+    let one;
+    let namespaces = match &query.scope {
+        _ if !query.namespace.is_empty() => {
+            one = BTreeSet::from_iter(
+                query
+                    .scope
+                    .allows(&query.namespace)
+                    .then(|| query.namespace.clone()),
+            );
+            Some(&one)
+        }
+        Scope::All => None,
+        Scope::Only(namespaces) => Some(&**namespaces),
+    };
+    let mut page = deployments.scan(
+        namespaces,
+        query.after.as_ref(),
+        query.page_size + 1,
+        |deployment| query.selector.matches(&deployment.labels),
+    );
+    let more = page.len() > query.page_size;
+    page.truncate(query.page_size);
     let next = more
-        .then(|| matching.last().map(|(key, _)| key.clone()))
+        .then(|| page.last().map(|(key, _)| key.clone()))
         .flatten();
-    (matching.into_iter().map(|(_, d)| d).collect(), next)
+    (page, next)
 }
 
 /// What a page token is bound to: the namespace and selector of its query and the
@@ -188,15 +200,16 @@ pub fn decode_page_token(token: &str, fingerprint: &str) -> Result<Option<Deploy
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use kube::api::ObjectMeta;
-    use setpoint_k8s::{ReplicaSetpointSpec, ReplicaSetpointStatus};
+    use kube::runtime::watcher::Event;
+    use setpoint_k8s::{ReplicaSetpointSpec, ReplicaSetpointStatus, key_of};
 
     use super::*;
 
-    fn deployment(namespace: &str, name: &str, app: &str) -> Arc<Deployment> {
-        Arc::new(Deployment {
+    fn deployment(namespace: &str, name: &str, app: &str) -> Deployment {
+        Deployment {
             metadata: ObjectMeta {
                 namespace: Some(namespace.into()),
                 name: Some(name.into()),
@@ -209,7 +222,19 @@ mod tests {
                 ..DeploymentSpec::default()
             }),
             ..Deployment::default()
-        })
+        }
+    }
+
+    fn index(deployments: impl IntoIterator<Item = Deployment>) -> Deployments {
+        let index = Deployments::default();
+        for deployment in deployments {
+            index.apply(Event::Apply(deployment));
+        }
+        index
+    }
+
+    fn row(deployment: &Deployment) -> (DeploymentKey, DeploymentRow) {
+        (key_of(deployment), DeploymentRow::from(deployment))
     }
 
     fn query(namespace: &str, selector: &str, page_size: usize) -> ListQuery {
@@ -222,23 +247,20 @@ mod tests {
         }
     }
 
-    fn names(page: &[Arc<Deployment>]) -> Vec<String> {
-        page.iter().map(|d| key_of(&**d).to_string()).collect()
+    fn names(page: &[(DeploymentKey, Arc<DeploymentRow>)]) -> Vec<String> {
+        page.iter().map(|(key, _)| key.to_string()).collect()
     }
 
     #[test]
     fn pages_walk_every_match_once_in_order() {
-        let all: Vec<_> = ["b/x", "a/z", "a/y", "c/w", "a/x"]
-            .iter()
-            .map(|key| {
-                let (namespace, name) = key.split_once('/').expect("key");
-                deployment(namespace, name, "web")
-            })
-            .collect();
+        let all = index(["b/x", "a/z", "a/y", "c/w", "a/x"].iter().map(|key| {
+            let (namespace, name) = key.split_once('/').expect("key");
+            deployment(namespace, name, "web")
+        }));
         let mut query = query("", "", 2);
         let mut seen = Vec::new();
         loop {
-            let (page, next) = list_page(all.clone(), &query);
+            let (page, next) = list_page(&all, &query);
             assert!(page.len() <= 2);
             seen.extend(names(&page));
             let Some(next) = next else { break };
@@ -250,36 +272,36 @@ mod tests {
 
     #[test]
     fn namespace_and_selector_filter() {
-        let all = vec![
+        let all = index([
             deployment("a", "web", "web"),
             deployment("a", "db", "db"),
             deployment("b", "web", "web"),
-        ];
+        ]);
         assert_eq!(
-            names(&list_page(all.clone(), &query("a", "", 10)).0),
+            names(&list_page(&all, &query("a", "", 10)).0),
             ["a/db", "a/web"]
         );
         assert_eq!(
-            names(&list_page(all.clone(), &query("", "app=web", 10)).0),
+            names(&list_page(&all, &query("", "app=web", 10)).0),
             ["a/web", "b/web"]
         );
-        let (page, next) = list_page(all, &query("b", "app=web", 1));
+        let (page, next) = list_page(&all, &query("b", "app=web", 1));
         assert_eq!((names(&page), next), (vec!["b/web".to_string()], None));
     }
 
     #[test]
     fn a_scoped_caller_lists_only_its_namespaces() {
-        let all = vec![
+        let all = index([
             deployment("a", "web", "web"),
             deployment("b", "web", "web"),
             deployment("c", "web", "web"),
-        ];
+        ]);
         let mut scoped = query("", "", 1);
         scoped.scope = Scope::Only(Arc::new(["a".into(), "c".into()].into()));
-        let (page, next) = list_page(all.clone(), &scoped);
+        let (page, next) = list_page(&all, &scoped);
         assert_eq!(names(&page), ["a/web"]);
         scoped.after = next;
-        let (page, next) = list_page(all, &scoped);
+        let (page, next) = list_page(&all, &scoped);
         assert_eq!((names(&page), next), (vec!["c/web".to_string()], None));
     }
 
@@ -344,8 +366,8 @@ mod tests {
 
     #[test]
     fn reconcile_state_follows_the_setpoint_status() {
-        let web = deployment("a", "web", "web");
-        let state = |setpoint: Option<&ReplicaSetpoint>| view(&web, setpoint).state;
+        let (key, web) = row(&deployment("a", "web", "web"));
+        let state = |setpoint: Option<&ReplicaSetpoint>| view(&key, &web, setpoint).state;
         assert_eq!(state(None), ReconcileState::Unmanaged);
         assert_eq!(
             state(Some(&setpoint("uid-web", 1, None))),
@@ -396,13 +418,13 @@ mod tests {
 
     #[test]
     fn replicas_report_spec_desired_and_version() {
-        let web = deployment("a", "web", "web");
-        let answer = view(&web, Some(&setpoint("uid-web", 3, None)));
+        let (key, web) = row(&deployment("a", "web", "web"));
+        let answer = view(&key, &web, Some(&setpoint("uid-web", 3, None)));
         assert_eq!(answer.spec_replicas, 2);
         assert_eq!(answer.desired_replicas, Some(5));
         assert_eq!(answer.version, "setpoint-uid/3");
         assert_eq!(answer.uid, "uid-web");
-        let unmanaged = view(&web, None);
+        let unmanaged = view(&key, &web, None);
         assert_eq!(
             (unmanaged.desired_replicas, unmanaged.version),
             (None, String::new())
