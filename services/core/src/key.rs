@@ -146,3 +146,52 @@ mod tests {
         assert!(page_size(-1).is_err());
     }
 }
+
+/// Any input: validation never panics, and accepts exactly what Kubernetes' own
+/// regular expressions accept (written out independently here), with at most 63
+/// characters per label.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    const LABEL: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
+
+    fn matches(pattern: &str, value: &str) -> bool {
+        Regex::new(&format!("^{pattern}$"))
+            .expect("a valid pattern")
+            .is_match(value)
+    }
+
+    proptest! {
+        #[test]
+        fn namespaces_are_dns1123_labels(value in "[a-z0-9A-Z.\\-_ ]{0,70}|\\PC{0,10}") {
+            let label = value.len() <= 63 && matches(LABEL, &value);
+            prop_assert_eq!(validate_namespace(&value).is_ok(), label);
+        }
+
+        #[test]
+        fn names_are_dns1123_subdomains(
+            value in "([a-z0-9-]{0,70}[.]?){0,5}|[a-z0-9.-]{240,260}|\\PC{0,20}"
+        ) {
+            let subdomain = value.len() <= 253
+                && matches(&format!("{LABEL}([.]{LABEL})*"), &value)
+                && value.split('.').all(|label| label.len() <= 63);
+            prop_assert_eq!(validate_name("name", &value).is_ok(), subdomain);
+        }
+
+        #[test]
+        fn replicas_and_page_sizes_stay_in_range(replicas: i32, max in 0..=i32::MAX, size: i32) {
+            prop_assert_eq!(
+                validate_replicas(replicas, max).is_ok(),
+                (0..=max).contains(&replicas)
+            );
+            match page_size(size) {
+                Ok(accepted) => prop_assert!((1..=MAX_PAGE_SIZE).contains(&accepted)),
+                Err(_) => prop_assert!(usize::try_from(size).is_ok_and(|size| size > MAX_PAGE_SIZE) || size < 0),
+            }
+        }
+    }
+}

@@ -217,3 +217,69 @@ bindings:
         ));
     }
 }
+
+/// Any input: parsing never panics, and an accepted policy binds each identity once and
+/// only to valid namespaces.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A generated binding: role, identities, namespaces.
+    type Binding = (String, Vec<String>, Option<Vec<String>>);
+
+    /// A policy file's text from generated bindings (JSON strings are YAML strings).
+    fn render(bindings: &[Binding]) -> String {
+        let quote = |value: &String| serde_json::to_string(value).expect("a string");
+        let mut yaml = String::from("bindings:\n");
+        for (role, identities, namespaces) in bindings {
+            let list = |values: &[String]| values.iter().map(quote).collect::<Vec<_>>().join(", ");
+            yaml += &format!(
+                "  - role: {}\n    identities: [{}]\n",
+                quote(role),
+                list(identities)
+            );
+            if let Some(namespaces) = namespaces {
+                yaml += &format!("    namespaces: [{}]\n", list(namespaces));
+            }
+        }
+        yaml
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_policy_or_an_error(text in "\\PC{0,200}|bindings:[ -~\n]{0,200}") {
+            let _ = Policy::parse(&text);
+        }
+
+        #[test]
+        fn an_accepted_policy_binds_once_and_only_valid_namespaces(
+            bindings in vec(
+                (
+                    "viewer|operator|admin|Viewer|",
+                    vec("[a-c]{1,2}|\\PC{0,8}", 0..3),
+                    option::of(vec("[a-z0-9-]{0,4}|[A-Z._ ]{1,3}|\\PC{0,8}", 0..3)),
+                ),
+                0..4,
+            )
+        ) {
+            let parsed = Policy::parse(&render(&bindings));
+            let identities: Vec<&String> = bindings.iter().flat_map(|(_, identities, _)| identities).collect();
+            if let Ok(policy) = parsed {
+                let distinct: BTreeSet<&String> = identities.iter().copied().collect();
+                prop_assert_eq!(distinct.len(), identities.len(), "an identity bound twice was accepted");
+                prop_assert_eq!(policy.grants.len(), identities.len());
+                for (_, scope) in policy.grants.values() {
+                    if let Scope::Only(namespaces) = scope {
+                        for namespace in namespaces.iter() {
+                            prop_assert!(validate_namespace(namespace).is_ok(), "{:?} accepted", namespace);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use kube::core::{Expression, Selector};
 
 use setpoint_core::Error;
+use setpoint_core::key::validate_name;
 
 pub fn parse(text: &str) -> Result<Selector, Error> {
     split_requirements(text)?
@@ -93,12 +94,12 @@ fn set_values(text: &str) -> Result<BTreeSet<String>, String> {
 
 /// `[prefix/]name`: the prefix is a DNS subdomain, the name a label-like token.
 fn label_key(key: &str) -> Result<String, String> {
-    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
-    let prefix_ok = prefix.len() <= 253
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
-    if name.is_empty() || !prefix_ok || !is_label_token(name) {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|prefix| validate_name("prefix", prefix).is_ok());
+    if !prefix_ok || !is_label_token(name) {
         return Err(format!("has an invalid label key {key:?}"));
     }
     Ok(key.into())
@@ -171,6 +172,8 @@ mod tests {
             "=web",
             "app=-web",
             "Bad Key",
+            "/app=web",
+            "-a.b/app=web",
             ",",
             "app=web,",
         ] {
@@ -178,6 +181,65 @@ mod tests {
                 matches!(parse(selector), Err(Error::InvalidSelector { .. })),
                 "{selector} should be rejected"
             );
+        }
+    }
+}
+
+/// Any input: parsing never panics, and an accepted selector names only keys and values
+/// that Kubernetes' own regular expressions accept (written out independently here).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    fn matches(pattern: &str, value: &str) -> bool {
+        Regex::new(&format!("^{pattern}$"))
+            .expect("a valid pattern")
+            .is_match(value)
+    }
+
+    const NAME: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+    const SUBDOMAIN: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+
+    fn valid_key(key: &str) -> bool {
+        let (prefix, name) = match key.split_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, key),
+        };
+        prefix.is_none_or(|prefix| prefix.len() <= 253 && matches(SUBDOMAIN, prefix))
+            && name.len() <= 63
+            && matches(NAME, name)
+    }
+
+    fn valid_value(value: &str) -> bool {
+        value.is_empty() || (value.len() <= 63 && matches(NAME, value))
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_selectors_name_only_valid_keys_and_values(
+            text in "(!?[a-z./_-]{0,6}(/[a-zA-Z0-9._/-]{0,5})?( ?(=|==|!=| in | notin ) ?[(]?[a-zA-Z0-9._ ,-]{0,6}[)]?)?,?){0,3}|\\PC{0,30}"
+        ) {
+            if parse(&text).is_ok() {
+                for requirement in split_requirements(&text).expect("accepted") {
+                    let expression = parse_requirement(requirement).expect("accepted");
+                    let (key, values): (&String, Vec<&String>) = match &expression {
+                        Expression::In(key, values) | Expression::NotIn(key, values) => {
+                            (key, values.iter().collect())
+                        }
+                        Expression::Equal(key, value) | Expression::NotEqual(key, value) => {
+                            (key, vec![value])
+                        }
+                        Expression::Exists(key) | Expression::DoesNotExist(key) => (key, vec![]),
+                    };
+                    prop_assert!(valid_key(key), "key {:?} of {:?} accepted", key, text);
+                    for value in values {
+                        prop_assert!(valid_value(value), "value {:?} of {:?} accepted", value, text);
+                    }
+                }
+            }
         }
     }
 }

@@ -431,3 +431,27 @@ mod tests {
         );
     }
 }
+
+/// Any token: decoding never panics, and an accepted token names a valid key and is the
+/// one token encoding it (no two tokens continue the same page).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn accepted_page_tokens_are_canonical_and_name_valid_keys(
+            token in "[A-Za-z0-9_-]{0,40}|\\PC{0,20}",
+            text in "q:[a-z0-9./-]{0,12}|q:\\PC{0,12}|\\PC{0,16}",
+        ) {
+            for token in [token, URL_SAFE_NO_PAD.encode(&text)] {
+                if let Ok(Some(key)) = decode_page_token(&token, "q") {
+                    prop_assert!(DeploymentKey::new(&key.namespace, &key.name).is_ok(), "{} accepted", key);
+                    prop_assert_eq!(encode_page_token("q", &key), token);
+                }
+            }
+        }
+    }
+}
