@@ -39,10 +39,20 @@ test: controlplane ## Unit and integration tests (against a real local control p
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked
 
+# BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
+BENCH_ARGS ?=
 .PHONY: bench
-bench: controlplane ## Release build; read latency, SetReplicas→Deployment latency, server memory
+bench: controlplane ## Release build; 1,000 vs 10,000 Deployments: reads (ghz), CPU per call, memory, writes → docs/benchmarks.md
 	$(CARGO) build --release --locked --bins
-	target/release/setpoint-bench --server-bin target/release/setpoint-server
+	ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench --server-bin target/release/setpoint-server \
+	  --ghz "$$ghz" --output docs/benchmarks.md $(BENCH_ARGS)
+
+# Property tests of every parser of untrusted input (request names, label selectors,
+# page tokens, the policy): 256 cases each in `make test`, FUZZ_CASES here.
+FUZZ_CASES ?= 20000
+.PHONY: fuzz
+fuzz: ## Property tests ("fuzz"): request validation, selector, page token, policy parsers, FUZZ_CASES each
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-server --lib properties
 
 .PHONY: image
 image: $(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX)) ## Static server in a reproducible OCI image archive and its SBOM (no Docker on Linux): target/image/

@@ -1,22 +1,30 @@
-//! `setpoint-bench` (what `make bench` runs): measures a release build of the server
-//! against the local control plane: read latency from the watch cache (and that reads
-//! send no request to the API server), the time from SetReplicas returning to the
-//! Deployment's spec.replicas changing, and the server's memory.
+//! `setpoint-bench` (what `make bench` runs): a release build of the server against the
+//! local control plane, at each Deployment count asked for (1,000 and 10,000 by
+//! default), side by side. Reads are driven by ghz (pinned in `tools/bench`) with fixed
+//! connections and concurrency; the server's CPU time per 1,000 calls comes from
+//! `/proc`, since on a small machine throughput is bounded by the load generator. The
+//! same read answered by the API server (a GET per request) at the same concurrency is
+//! the baseline. Also: resident memory after sync, after load and at the peak of a
+//! relist forced by restarting the API server; start-up to ready; and SetReplicas →
+//! `spec.replicas`. Prints a Markdown report with each goal met or missed; figures
+//! only, no assertions.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::{Value, json};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
-use setpoint_api::v1::{
-    DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, SetReplicasRequest,
-};
+use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Benchmark setpoint-server against a local control plane.
@@ -26,201 +34,544 @@ struct Args {
     /// The setpoint-server binary (a release build measures what ships).
     #[arg(long, default_value = "target/release/setpoint-server")]
     server_bin: PathBuf,
-    /// Deployments in the cache.
-    #[arg(long, default_value_t = 500)]
-    deployments: usize,
-    /// GetReplicas calls to time.
-    #[arg(long, default_value_t = 2000)]
-    reads: usize,
+    /// ghz, the gRPC load generator (`tools/bench/build.sh` builds the pinned one).
+    #[arg(long)]
+    ghz: PathBuf,
+    /// Deployment counts to measure, side by side.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    deployments: Vec<usize>,
+    /// Namespaces the Deployments are spread over.
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Calls per gRPC read scenario.
+    #[arg(long, default_value_t = 20_000)]
+    calls: usize,
+    /// Calls in flight at once, for ghz and for the API-server baseline alike.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// gRPC connections ghz spreads its calls over.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// GET requests of the API-server baseline.
+    #[arg(long, default_value_t = 5_000)]
+    apiserver_calls: usize,
     /// SetReplicas → spec.replicas samples.
-    #[arg(long, default_value_t = 20)]
-    converge_samples: usize,
+    #[arg(long, default_value_t = 1_000)]
+    writes: usize,
+    /// Also write the report here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// Deployments per label value of `tier`, which the selector scenario selects.
+const TIERS: usize = 10;
+
+/// One load scenario's figures.
+struct Load {
+    name: &'static str,
+    calls: u64,
+    errors: u64,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    /// CPU time of the process(es) answering, per 1,000 calls.
+    cpu_per_1000: Duration,
+}
+
+/// Everything measured at one Deployment count.
+struct Size {
+    deployments: usize,
+    ready: Duration,
+    rss_synced: u64,
+    rss_loaded: u64,
+    rss_relist_peak: u64,
+    loads: Vec<Load>,
+    /// Requests the server sent to the API server while answering the gRPC reads.
+    kube_requests_during_reads: f64,
+    write_p50: Duration,
+    write_p99: Duration,
+}
+
+impl Size {
+    fn load(&self, name: &str) -> &Load {
+        self.loads
+            .iter()
+            .find(|load| load.name == name)
+            .expect("every scenario runs at every size")
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.deployments.sort_unstable();
     let dir = tempfile::tempdir()?;
-    eprintln!("setpoint-bench: starting the control plane ...");
+    say("starting the control plane ...");
     let control_plane = testenv::ControlPlane::start().await?;
     devenv::install(&control_plane).await?;
-    let namespace = control_plane.namespace("bench").await?;
-    let deployments =
-        Api::<Deployment>::namespaced(control_plane.admin_client().await?, &namespace);
-    eprintln!(
-        "setpoint-bench: creating {} Deployments ...",
-        args.deployments
-    );
-    for index in 0..args.deployments {
-        deployments
-            .create(
-                &PostParams::default(),
-                &testenv::deployment(&format!("app-{index:04}"), 1),
-            )
-            .await?;
-    }
     devenv::write_server_files(&control_plane, dir.path()).await?;
+    let admin = control_plane.admin_client().await?;
+    let mut namespaces = Vec::new();
+    for _ in 0..args.namespaces {
+        namespaces.push(control_plane.namespace("bench").await?);
+    }
+    let protosets = write_protosets(dir.path())?;
+
+    let mut sizes = Vec::new();
+    let mut created = 0;
+    for (round, &count) in args.deployments.iter().enumerate() {
+        say(&format!("creating Deployments {created}..{count} ..."));
+        create_deployments(&admin, &namespaces, created..count).await?;
+        created = count;
+        let round = i32::try_from(round)?;
+        sizes.push(
+            measure(
+                &args,
+                &control_plane,
+                &admin,
+                dir.path(),
+                &protosets,
+                &namespaces,
+                count,
+                round,
+            )
+            .await?,
+        );
+    }
+    let report = report(&args, &sizes);
+    println!("{report}");
+    if let Some(output) = &args.output {
+        std::fs::write(output, &report)?;
+        say(&format!("wrote {}", output.display()));
+    }
+    Ok(())
+}
+
+fn say(message: &str) {
+    eprintln!("setpoint-bench: {message}");
+}
+
+/// The name of Deployment `index` and its namespace (round robin).
+fn deployment_key(namespaces: &[String], index: usize) -> (String, String) {
+    (
+        namespaces[index % namespaces.len()].clone(),
+        format!("app-{index:05}"),
+    )
+}
+
+async fn create_deployments(
+    admin: &Client,
+    namespaces: &[String],
+    indexes: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    stream::iter(indexes)
+        .map(|index| async move {
+            let (namespace, name) = deployment_key(namespaces, index);
+            let mut deployment = testenv::deployment(&name, 1);
+            deployment
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert("tier".into(), format!("t{}", index % TIERS));
+            Api::<Deployment>::namespaced(admin.clone(), &namespace)
+                .create(&PostParams::default(), &deployment)
+                .await
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// The descriptor sets ghz needs: Setpoint's API and gRPC health.
+struct Protosets {
+    api: PathBuf,
+    health: PathBuf,
+}
+
+fn write_protosets(dir: &Path) -> anyhow::Result<Protosets> {
+    let protosets = Protosets {
+        api: dir.join("setpoint.protoset"),
+        health: dir.join("health.protoset"),
+    };
+    std::fs::write(&protosets.api, setpoint_api::v1::FILE_DESCRIPTOR_SET)?;
+    std::fs::write(&protosets.health, tonic_health::pb::FILE_DESCRIPTOR_SET)?;
+    Ok(protosets)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    args: &Args,
+    control_plane: &testenv::ControlPlane,
+    admin: &Client,
+    dir: &Path,
+    protosets: &Protosets,
+    namespaces: &[String],
+    count: usize,
+    round: i32,
+) -> anyhow::Result<Size> {
     let (grpc, http) = (free_address()?, free_address()?);
+    say(&format!("{count} Deployments: starting the server ..."));
+    let started = Instant::now();
     let mut server = devenv::spawn_server(
         &args.server_bin,
-        dir.path(),
+        dir,
         grpc,
         http,
-        Some(&dir.path().join("server.log")),
+        Some(&dir.join(format!("server-{count}.log"))),
         // Every sample is a write by the same identity: keep the rate limit out of the way.
         &[
-            format!("--writes-per-minute={}", args.converge_samples.max(60)),
-            format!("--write-burst={}", args.converge_samples.max(60)),
+            format!("--writes-per-minute={}", args.writes.max(60)),
+            format!("--write-burst={}", args.writes.max(60)),
         ],
     )?;
     devenv::wait_until_ready(http).await?;
-    let mut client = operator_client(dir.path(), grpc).await?;
-    let reference = |index: usize| {
-        Some(DeploymentRef {
-            namespace: namespace.clone(),
-            name: format!("app-{index:04}"),
-        })
+    let ready = started.elapsed();
+    let pid = server.id().context("the server exited")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_synced = memory(pid, "VmRSS")?;
+
+    let pki = dir.join("pki");
+    let ghz = Ghz {
+        bin: &args.ghz,
+        pki: &pki,
+        address: grpc,
+        connections: args.connections,
+        concurrency: args.concurrency,
     };
+    let key = |index: usize| {
+        let (namespace, name) = deployment_key(namespaces, index);
+        json!({ "namespace": namespace, "name": name })
+    };
+    let gets: Vec<Value> = (0..100)
+        .map(|index| json!({ "deployment": key(index * count / 100) }))
+        .collect();
+    let list = |filter: Value| {
+        let mut request = json!({ "page_size": 100 });
+        request
+            .as_object_mut()
+            .expect("an object")
+            .extend(filter.as_object().cloned().unwrap_or_default());
+        request
+    };
+    let scenarios = [
+        (
+            "grpc.health.v1/Check",
+            &protosets.health,
+            "grpc.health.v1.Health.Check",
+            json!({}),
+        ),
+        (
+            "GetReplicas",
+            &protosets.api,
+            "setpoint.v1.ReplicaService.GetReplicas",
+            Value::Array(gets),
+        ),
+        (
+            "ListDeployments, all namespaces",
+            &protosets.api,
+            "setpoint.v1.ReplicaService.ListDeployments",
+            list(json!({})),
+        ),
+        (
+            "ListDeployments, one namespace",
+            &protosets.api,
+            "setpoint.v1.ReplicaService.ListDeployments",
+            list(json!({ "namespace": namespaces[0] })),
+        ),
+        (
+            "ListDeployments, selector",
+            &protosets.api,
+            "setpoint.v1.ReplicaService.ListDeployments",
+            list(json!({ "label_selector": "tier=t3" })),
+        ),
+    ];
+    say(&format!("{count} Deployments: reads with ghz ..."));
+    // Warm up connections and code paths first.
+    let (_, protoset, call, data) = &scenarios[1];
+    ghz.run(protoset, call, data, 1_000, pid).await?;
+    let kube_requests = || metric(http, "setpoint_kube_requests_total{component=\"api\"}");
+    let requests_before = kube_requests().await?;
+    let mut loads = Vec::new();
+    for (name, protoset, call, data) in &scenarios {
+        let mut load = ghz.run(protoset, call, data, args.calls, pid).await?;
+        load.name = name;
+        loads.push(load);
+    }
+    let kube_requests_during_reads = kube_requests().await? - requests_before;
+    say(&format!(
+        "{count} Deployments: the same read from the API server ..."
+    ));
+    loads.push(apiserver_gets(args, control_plane, admin, namespaces, count).await?);
+    let rss_loaded = memory(pid, "VmRSS")?;
 
-    // Warm up connections and caches, then time reads.
-    for index in 0..100 {
-        client
-            .get_replicas(GetReplicasRequest {
-                deployment: reference(index % args.deployments),
-            })
-            .await?;
-    }
-    let requests_before = metric(http, "setpoint_kube_requests_total{component=\"api\"}").await?;
-    let mut gets = Vec::with_capacity(args.reads);
-    let started = Instant::now();
-    for index in 0..args.reads {
-        let call = Instant::now();
-        client
-            .get_replicas(GetReplicasRequest {
-                deployment: reference(index % args.deployments),
-            })
-            .await?;
-        gets.push(call.elapsed());
-    }
-    let get_wall = started.elapsed();
-    let mut lists = Vec::new();
-    for _ in 0..50 {
-        let mut page_token = String::new();
-        loop {
-            let call = Instant::now();
-            let page = client
-                .list_deployments(ListDeploymentsRequest {
-                    namespace: namespace.clone(),
-                    page_size: 100,
-                    page_token,
-                    ..ListDeploymentsRequest::default()
-                })
-                .await?
-                .into_inner();
-            lists.push(call.elapsed());
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-    }
-    let requests_after = metric(http, "setpoint_kube_requests_total{component=\"api\"}").await?;
+    say(&format!(
+        "{count} Deployments: {} SetReplicas ...",
+        args.writes
+    ));
+    let (write_p50, write_p99) =
+        writes(args, admin, dir, grpc, namespaces, count, round + 2).await?;
 
-    // Convergence is observed through a watch, as the API server reports it, so the
-    // measurement adds no polling delay.
-    let mut converge = Vec::new();
-    let mut sets = Vec::new();
-    for index in 0..args.converge_samples {
-        let name = format!("app-{index:04}");
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut replicas = watcher(deployments.clone(), config)
-            .applied_objects()
-            .map_ok(|deployment| deployment.spec.and_then(|spec| spec.replicas))
-            .boxed();
+    say(&format!(
+        "{count} Deployments: restarting the API server to force a relist ..."
+    ));
+    // Resets the peak ("VmHWM") to the current resident size.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    control_plane.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    control_plane.start_apiserver().await?;
+    devenv::wait_until_ready(http).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_relist_peak = memory(pid, "VmHWM")?;
+    server.kill().await?;
+    Ok(Size {
+        deployments: count,
+        ready,
+        rss_synced,
+        rss_loaded,
+        rss_relist_peak,
+        loads,
+        kube_requests_during_reads,
+        write_p50,
+        write_p99,
+    })
+}
+
+/// How ghz is run: against which server, with which client certificate, and how hard.
+struct Ghz<'a> {
+    bin: &'a Path,
+    pki: &'a Path,
+    address: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+}
+
+impl Ghz<'_> {
+    /// `calls` calls of `call` with `data` (an array: one element per call, in turn),
+    /// and the CPU time process `pid` spent meanwhile.
+    async fn run(
+        &self,
+        protoset: &Path,
+        call: &str,
+        data: &Value,
+        calls: usize,
+        pid: u32,
+    ) -> anyhow::Result<Load> {
+        let pki = |file: &str| self.pki.join(file);
+        let cpu_before = cpu_time(pid)?;
+        let output = tokio::process::Command::new(self.bin)
+            .arg("--protoset")
+            .arg(protoset)
+            .args(["--call", call, "--data", &data.to_string()])
+            .arg("--cacert")
+            .arg(pki("ca.crt"))
+            .arg("--cert")
+            .arg(pki("operator.crt"))
+            .arg("--key")
+            .arg(pki("operator.key"))
+            .args([
+                "--cname",
+                "localhost",
+                "--format",
+                "json",
+                "--timeout",
+                "20s",
+            ])
+            .arg(format!("--connections={}", self.connections))
+            .arg(format!("--concurrency={}", self.concurrency))
+            .arg(format!("--total={calls}"))
+            .arg(self.address.to_string())
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        let cpu = cpu_time(pid)? - cpu_before;
         anyhow::ensure!(
-            replicas.try_next().await? == Some(Some(1)),
-            "{name} starts at 1"
+            output.status.success(),
+            "ghz {call} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
-        let call = Instant::now();
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("ghz {call} printed no JSON report"))?;
+        let count = report["count"].as_u64().unwrap_or(0);
+        let ok = report["statusCodeDistribution"]["OK"].as_u64().unwrap_or(0);
+        let percentile = |percentage: u64| {
+            report["latencyDistribution"]
+                .as_array()
+                .and_then(|distribution| {
+                    distribution
+                        .iter()
+                        .find(|entry| entry["percentage"].as_u64() == Some(percentage))
+                })
+                .and_then(|entry| entry["latency"].as_u64())
+                .map(Duration::from_nanos)
+                .unwrap_or_default()
+        };
+        Ok(Load {
+            name: "",
+            calls: count,
+            errors: count - ok,
+            per_second: report["rps"].as_f64().unwrap_or(0.0),
+            p50: percentile(50),
+            p99: percentile(99),
+            cpu_per_1000: per_1000(cpu, count),
+        })
+    }
+}
+
+/// GET of a Deployment from the API server, `concurrency` at a time; the CPU time is
+/// the API server's and etcd's.
+async fn apiserver_gets(
+    args: &Args,
+    control_plane: &testenv::ControlPlane,
+    admin: &Client,
+    namespaces: &[String],
+    count: usize,
+) -> anyhow::Result<Load> {
+    let pids = control_plane.pids();
+    let cpu = || -> anyhow::Result<Duration> {
+        pids.iter()
+            .filter(|(name, _)| matches!(*name, "kube-apiserver" | "etcd"))
+            .map(|(_, pid)| cpu_time(*pid))
+            .sum()
+    };
+    let cpu_before = cpu()?;
+    let started = Instant::now();
+    let results: Vec<Result<Duration, kube::Error>> = stream::iter(0..args.apiserver_calls)
+        .map(|call| async move {
+            let (namespace, name) = deployment_key(namespaces, call * 7919 % count);
+            let started = Instant::now();
+            Api::<Deployment>::namespaced(admin.clone(), &namespace)
+                .get(&name)
+                .await
+                .map(|_| started.elapsed())
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    let cpu = cpu()? - cpu_before;
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    latencies.sort_unstable();
+    let calls = results.len() as u64;
+    Ok(Load {
+        name: "API server GET (baseline)",
+        calls,
+        errors: calls - latencies.len() as u64,
+        per_second: calls as f64 / wall.as_secs_f64(),
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        cpu_per_1000: per_1000(cpu, calls),
+    })
+}
+
+/// SetReplicas to `replicas` on `args.writes` Deployments, one after the other; each
+/// sample is from SetReplicas returning to the watch reporting the new spec.replicas.
+#[allow(clippy::too_many_arguments)]
+async fn writes(
+    args: &Args,
+    admin: &Client,
+    dir: &Path,
+    grpc: SocketAddr,
+    namespaces: &[String],
+    count: usize,
+    replicas: i32,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut client = operator_client(dir, grpc).await?;
+    // Convergence is observed through one watch, as the API server reports it, so the
+    // measurement adds no polling delay.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(
+        watcher(
+            Api::<Deployment>::all(admin.clone()),
+            watcher::Config::default().labels("tier"),
+        )
+        .applied_objects()
+        .try_for_each(move |deployment| {
+            let replicas = deployment.spec.and_then(|spec| spec.replicas);
+            let key = (deployment.metadata.namespace, deployment.metadata.name);
+            let _ = seen_tx.send((key, replicas, Instant::now()));
+            std::future::ready(Ok(()))
+        }),
+    );
+    let mut samples = Vec::with_capacity(args.writes);
+    for index in 0..args.writes.min(count) {
+        let (namespace, name) = deployment_key(namespaces, index);
         client
             .set_replicas(SetReplicasRequest {
-                deployment: reference(index),
-                replicas: 2,
+                deployment: Some(DeploymentRef {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                }),
+                replicas,
                 expected_version: None,
             })
             .await?;
         let returned = Instant::now();
-        sets.push(call.elapsed());
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while replicas.try_next().await? != Some(Some(2)) {}
-            anyhow::Ok(())
+        let target = (Some(namespace), Some(name));
+        let converged = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match seen.recv().await {
+                    Some((key, Some(seen), at)) if key == target && seen == replicas => {
+                        break Ok(at);
+                    }
+                    Some(_) => {}
+                    None => break Err(anyhow::anyhow!("the watch ended")),
+                }
+            }
         })
-        .await??;
-        converge.push(returned.elapsed());
+        .await
+        .context("a Deployment did not reach its setpoint within 30 s")??;
+        samples.push(converged.saturating_duration_since(returned));
     }
-
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.id().unwrap_or(0)))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:").map(|kb| kb.trim().to_owned()))
-        })
-        .unwrap_or_else(|| "unknown".into());
-    server.kill().await?;
-
-    println!(
-        "setpoint-server {} with {} Deployments cached",
-        args.server_bin.display(),
-        args.deployments
-    );
-    println!(
-        "GetReplicas      {} calls: {}; {:.0} calls/s on one connection",
-        args.reads,
-        summary(&mut gets),
-        args.reads as f64 / get_wall.as_secs_f64()
-    );
-    println!(
-        "ListDeployments  {} pages of 100: {}",
-        lists.len(),
-        summary(&mut lists)
-    );
-    println!(
-        "API-server requests during those reads: {}",
-        requests_after - requests_before
-    );
-    println!(
-        "SetReplicas      {} calls: {}",
-        sets.len(),
-        summary(&mut sets)
-    );
-    println!(
-        "SetReplicas returned → spec.replicas updated, {} samples: {}",
-        converge.len(),
-        summary(&mut converge)
-    );
-    println!(
-        "  samples (ms): {}",
-        converge
-            .iter()
-            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!("server resident memory: {rss}");
-    Ok(())
+    watch.abort();
+    samples.sort_unstable();
+    Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }
 
-fn summary(samples: &mut [Duration]) -> String {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
-    format!(
-        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        at(1.0)
-    )
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn per_1000(cpu: Duration, calls: u64) -> Duration {
+    if calls == 0 {
+        return Duration::ZERO;
+    }
+    cpu * 1000 / u32::try_from(calls).unwrap_or(u32::MAX)
+}
+
+/// User plus system CPU time of process `pid` (`/proc/<pid>/stat`, in the kernel's
+/// 100 Hz user-visible ticks).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(index).context("a short /proc stat")?.parse()?)
+    };
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// A memory figure of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+fn memory(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
 }
 
 fn free_address() -> anyhow::Result<SocketAddr> {
@@ -237,7 +588,7 @@ async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
 }
 
 async fn operator_client(
-    dir: &std::path::Path,
+    dir: &Path,
     grpc: SocketAddr,
 ) -> anyhow::Result<ReplicaServiceClient<Channel>> {
     let pki = dir.join("pki");
@@ -254,4 +605,224 @@ async fn operator_client(
         .connect()
         .await?;
     Ok(ReplicaServiceClient::new(channel))
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
+}
+
+fn us(duration: Duration) -> String {
+    format!("{:.0} µs", duration.as_secs_f64() * 1e6)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// The machine the figures come from.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("MemTotal:")
+                .map(|total| total.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!(
+        "{cores} cores ({cpu}), {memory} memory, Linux {}; server, control plane and load generator share the cores",
+        read("/proc/sys/kernel/osrelease").trim()
+    )
+}
+
+fn report(args: &Args, sizes: &[Size]) -> String {
+    let mut out = String::new();
+    let header = |out: &mut String, first: &str| {
+        let columns: Vec<String> = sizes
+            .iter()
+            .map(|size| format!("{} Deployments", size.deployments))
+            .collect();
+        let _ = writeln!(out, "| {first} | {} |", columns.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(sizes.len()));
+    };
+    let row = |out: &mut String, name: &str, cell: &dyn Fn(&Size) -> String| {
+        let cells: Vec<String> = sizes.iter().map(cell).collect();
+        let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+    };
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\nWritten by `make bench` (`tools/devenv/src/bench.rs`); do not edit by hand.\n"
+    );
+    let _ = writeln!(out, "Machine: {}.\n", machine());
+    let _ = writeln!(
+        out,
+        "Load: ghz {} calls per scenario over {} connections, {} in flight; the API-server baseline {} GETs, {} in flight. \
+         Deployments are spread over {} namespaces, each with a small pod template; the selector `tier=t3` matches one in {TIERS}. \
+         CPU is the answering process's user + system time from `/proc` (the server's; for the baseline kube-apiserver's plus etcd's).\n",
+        args.calls,
+        args.connections,
+        args.concurrency,
+        args.apiserver_calls,
+        args.concurrency,
+        args.namespaces
+    );
+    let _ = writeln!(out, "## Reads\n");
+    let names: Vec<&'static str> = sizes
+        .first()
+        .map(|size| size.loads.iter().map(|load| load.name).collect())
+        .unwrap_or_default();
+    header(
+        &mut out,
+        "Scenario: calls/s · p50 · p99 · CPU per 1,000 calls · errors",
+    );
+    for name in names {
+        row(&mut out, name, &|size| {
+            let load = size.load(name);
+            format!(
+                "{:.0}/s · {} · {} · {} · {}",
+                load.per_second,
+                ms(load.p50),
+                ms(load.p99),
+                ms(load.cpu_per_1000),
+                load.errors
+            )
+        });
+    }
+    row(
+        &mut out,
+        "API-server requests sent by the server during the gRPC reads",
+        &|size| format!("{}", size.kube_requests_during_reads),
+    );
+    let _ = writeln!(out, "\n## Server\n");
+    header(&mut out, "Figure");
+    row(&mut out, "start-up to ready", &|size| ms(size.ready));
+    row(&mut out, "resident memory after sync", &|size| {
+        mib(size.rss_synced)
+    });
+    row(&mut out, "resident memory after the reads", &|size| {
+        mib(size.rss_loaded)
+    });
+    row(
+        &mut out,
+        "peak resident memory during a forced relist",
+        &|size| mib(size.rss_relist_peak),
+    );
+    row(
+        &mut out,
+        &format!(
+            "SetReplicas → spec.replicas, {} writes, p50 · p99",
+            args.writes
+        ),
+        &|size| format!("{} · {}", ms(size.write_p50), ms(size.write_p99)),
+    );
+
+    let _ = writeln!(out, "\n## Goals\n");
+    header(&mut out, "Goal");
+    let cpu = |size: &Size, name: &str| size.load(name).cpu_per_1000.as_secs_f64();
+    let get = "GetReplicas";
+    let health = "grpc.health.v1/Check";
+    row(
+        &mut out,
+        "GetReplicas CPU per call ≤ 1.2× the health check's",
+        &|size| {
+            let ratio = cpu(size, get) / cpu(size, health);
+            format!(
+                "{ratio:.2}× ({} vs {}): {}",
+                us(size.load(get).cpu_per_1000 / 1000),
+                us(size.load(health).cpu_per_1000 / 1000),
+                met(ratio <= 1.2)
+            )
+        },
+    );
+    row(
+        &mut out,
+        "GetReplicas throughput ≥ 85 % of the health check's",
+        &|size| {
+            let ratio = size.load(get).per_second / size.load(health).per_second;
+            format!("{:.0} %: {}", ratio * 100.0, met(ratio >= 0.85))
+        },
+    );
+    row(
+        &mut out,
+        "List page of 100 (all namespaces) ≤ 3× the CPU of a GetReplicas (goal at 10,000)",
+        &|size| {
+            let ratio = cpu(size, "ListDeployments, all namespaces") / cpu(size, get);
+            format!("{ratio:.2}×: {}", met(ratio <= 3.0))
+        },
+    );
+    row(
+        &mut out,
+        "GetReplicas ≥ 10× the API server's throughput for the same read",
+        &|size| {
+            let ratio =
+                size.load(get).per_second / size.load("API server GET (baseline)").per_second;
+            format!("{ratio:.1}×: {}", met(ratio >= 10.0))
+        },
+    );
+    row(&mut out, "0 API-server requests per read", &|size| {
+        met(size.kube_requests_during_reads == 0.0).into()
+    });
+    row(
+        &mut out,
+        "resident memory ≤ 48 MiB (goal at 10,000)",
+        &|size| {
+            format!(
+                "{}: {}",
+                mib(size.rss_loaded.max(size.rss_synced)),
+                met(size.rss_loaded.max(size.rss_synced) <= 48 << 20)
+            )
+        },
+    );
+    row(
+        &mut out,
+        "ready ≤ 2 s after the API server answers",
+        &|size| {
+            format!(
+                "{}: {}",
+                ms(size.ready),
+                met(size.ready <= Duration::from_secs(2))
+            )
+        },
+    );
+    row(
+        &mut out,
+        "SetReplicas → Deployment p50 ≤ 20 ms, p99 ≤ 100 ms",
+        &|size| {
+            met(size.write_p50 <= Duration::from_millis(20)
+                && size.write_p99 <= Duration::from_millis(100))
+            .into()
+        },
+    );
+    let errors: u64 = sizes
+        .iter()
+        .flat_map(|size| &size.loads)
+        .map(|load| load.errors)
+        .sum();
+    let calls: BTreeMap<usize, u64> = sizes
+        .iter()
+        .map(|size| {
+            (
+                size.deployments,
+                size.loads.iter().map(|load| load.calls).sum(),
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nCalls per size: {calls:?}; failed calls in all: {errors}."
+    );
+    out
 }

@@ -425,6 +425,21 @@ impl ControlPlane {
         Ok(objects.len())
     }
 
+    /// Each running component's name and process id (benchmarks read CPU time from
+    /// `/proc`).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let processes = self.processes();
+        [
+            Some(&processes.etcd),
+            processes.apiserver.as_ref(),
+            processes.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|component| (component.name(), component.pid()))
+        .collect()
+    }
+
     /// Kills the API server (SIGKILL, like a crash); etcd and its data stay.
     pub fn stop_apiserver(&self) {
         if let Some(mut apiserver) = self.processes().apiserver.take() {

@@ -56,6 +56,10 @@ impl Component {
         self.name
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if the process has already exited.
     pub(crate) fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
