@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 async fn list(client: &mut ReplicaServiceClient<Channel>) -> Result<(), tonic::Status> {
     client
@@ -244,4 +244,64 @@ async fn rotated_server_certificate_and_client_ca_are_picked_up() {
         list(&mut old).await.is_err(),
         "the old client CA is no longer trusted"
     );
+}
+
+#[tokio::test]
+async fn rotations_under_load_fail_no_call() {
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut failures, mut calls) = (Vec::new(), 0);
+    let (grpc, ca) = (server.grpc, server.pki.ca.cert_pem().to_owned());
+    // Four clients that open a new connection for every call, and one that keeps its own.
+    let mut load = tokio::task::JoinSet::new();
+    let (cert, key) = server.pki.client(OPERATOR);
+    let connect = move || {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca))
+            .identity(Identity::from_pem(&cert, &key))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{grpc}"))
+            .expect("url")
+            .tls_config(tls)
+            .expect("TLS config")
+            .connect_lazy();
+        ReplicaServiceClient::new(channel)
+    };
+    for fresh in [true, true, true, true, false] {
+        let (connect, stop) = (connect.clone(), stop.clone());
+        load.spawn(async move {
+            let (mut calls, mut failures) = (0, Vec::new());
+            let mut client = connect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if fresh {
+                    client = connect();
+                }
+                calls += 1;
+                if let Err(status) = list(&mut client).await {
+                    failures.push(status.to_string());
+                }
+            }
+            (calls, failures)
+        });
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.pki.rotate_server_certificate();
+    }
+    // A client-CA rotation adds the new CA next to the old one first.
+    let new_ca = Authority::generate("new-client-ca", Duration::from_secs(3600)).expect("CA");
+    server.pki.write(
+        "ca.crt",
+        &format!("{}{}", server.pki.ca.cert_pem(), new_ca.cert_pem()),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(result) = load.join_next().await {
+        let (done, failed) = result.expect("load task");
+        calls += done;
+        failures.extend(failed);
+    }
+    assert!(calls > 50, "only {calls} calls during the rotations");
+    assert_eq!(failures, Vec::<String>::new(), "failed calls of {calls}");
 }

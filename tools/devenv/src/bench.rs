@@ -23,9 +23,7 @@ use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Benchmark setpoint-server against a local control plane.
 #[derive(Parser)]
@@ -61,8 +59,20 @@ struct Args {
     /// Also write the report here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Instead of the benchmark, a soak test: SOAK_CLIENTS clients, each on its own
+    /// connection, read for this many seconds at the largest Deployment count; fails on
+    /// any failed call or on memory growth.
+    #[arg(long)]
+    soak_seconds: Option<u64>,
 }
 
+/// Clients of the soak test.
+const SOAK_CLIENTS: usize = 200;
+/// Resident memory may grow this much from the end of the soak's first minute.
+const SOAK_GROWTH: u64 = 4 << 20;
+
+/// The scenario of the API server answering the same read.
+const BASELINE: &str = "API server GET (baseline)";
 /// Deployments per label value of `tier`, which the selector scenario selects.
 const TIERS: usize = 10;
 
@@ -116,6 +126,20 @@ async fn main() -> anyhow::Result<()> {
         namespaces.push(control_plane.namespace("bench").await?);
     }
     let protosets = write_protosets(dir.path())?;
+    if let Some(seconds) = args.soak_seconds {
+        let count = args.deployments.last().copied().unwrap_or(10_000);
+        say(&format!("creating {count} Deployments ..."));
+        create_deployments(&admin, &namespaces, 0..count).await?;
+        return soak(
+            &args,
+            dir.path(),
+            &protosets,
+            &namespaces,
+            count,
+            Duration::from_secs(seconds),
+        )
+        .await;
+    }
 
     let mut sizes = Vec::new();
     let mut created = 0;
@@ -183,6 +207,15 @@ async fn create_deployments(
     Ok(())
 }
 
+/// GetReplicas requests for 100 Deployments spread over all `count`, as ghz data.
+fn get_requests(namespaces: &[String], count: usize) -> Value {
+    let get = |index: usize| {
+        let (namespace, name) = deployment_key(namespaces, index * count / 100);
+        json!({ "deployment": { "namespace": namespace, "name": name } })
+    };
+    Value::Array((0..100).map(get).collect())
+}
+
 /// The descriptor sets ghz needs: Setpoint's API and gRPC health.
 struct Protosets {
     api: PathBuf,
@@ -210,24 +243,10 @@ async fn measure(
     count: usize,
     round: i32,
 ) -> anyhow::Result<Size> {
-    let (grpc, http) = (free_address()?, free_address()?);
     say(&format!("{count} Deployments: starting the server ..."));
-    let started = Instant::now();
-    let mut server = devenv::spawn_server(
-        &args.server_bin,
-        dir,
-        grpc,
-        http,
-        Some(&dir.join(format!("server-{count}.log"))),
-        // Every sample is a write by the same identity: keep the rate limit out of the way.
-        &[
-            format!("--writes-per-minute={}", args.writes.max(60)),
-            format!("--write-burst={}", args.writes.max(60)),
-        ],
-    )?;
-    devenv::wait_until_ready(http).await?;
-    let ready = started.elapsed();
-    let pid = server.id().context("the server exited")?;
+    let server = Server::start(args, dir, &format!("server-{count}.log")).await?;
+    let (ready, pid, grpc, http) = (server.ready, server.pid, server.grpc, server.http);
+    let mut server = server.process;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_synced = memory(pid, "VmRSS")?;
 
@@ -239,13 +258,7 @@ async fn measure(
         connections: args.connections,
         concurrency: args.concurrency,
     };
-    let key = |index: usize| {
-        let (namespace, name) = deployment_key(namespaces, index);
-        json!({ "namespace": namespace, "name": name })
-    };
-    let gets: Vec<Value> = (0..100)
-        .map(|index| json!({ "deployment": key(index * count / 100) }))
-        .collect();
+    let gets = get_requests(namespaces, count);
     let list = |filter: Value| {
         let mut request = json!({ "page_size": 100 });
         request
@@ -265,7 +278,7 @@ async fn measure(
             "GetReplicas",
             &protosets.api,
             "setpoint.v1.ReplicaService.GetReplicas",
-            Value::Array(gets),
+            gets,
         ),
         (
             "ListDeployments, all namespaces",
@@ -289,12 +302,15 @@ async fn measure(
     say(&format!("{count} Deployments: reads with ghz ..."));
     // Warm up connections and code paths first.
     let (_, protoset, call, data) = &scenarios[1];
-    ghz.run(protoset, call, data, 1_000, pid).await?;
-    let kube_requests = || metric(http, "setpoint_kube_requests_total{component=\"api\"}");
+    ghz.run(protoset, call, data, Amount::Calls(1_000), pid)
+        .await?;
+    let kube_requests = || devenv::metric(http, "setpoint_kube_requests_total{component=\"api\"}");
     let requests_before = kube_requests().await?;
     let mut loads = Vec::new();
     for (name, protoset, call, data) in &scenarios {
-        let mut load = ghz.run(protoset, call, data, args.calls, pid).await?;
+        let mut load = ghz
+            .run(protoset, call, data, Amount::Calls(args.calls), pid)
+            .await?;
         load.name = name;
         loads.push(load);
     }
@@ -337,6 +353,123 @@ async fn measure(
     })
 }
 
+/// SOAK_CLIENTS clients calling GetReplicas for `duration`, with the server's resident
+/// memory sampled every 10 s.
+async fn soak(
+    args: &Args,
+    dir: &Path,
+    protosets: &Protosets,
+    namespaces: &[String],
+    count: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let mut server = Server::start(args, dir, "server-soak.log").await?;
+    let pki = dir.join("pki");
+    let ghz = Ghz {
+        bin: &args.ghz,
+        pki: &pki,
+        address: server.grpc,
+        connections: SOAK_CLIENTS,
+        concurrency: SOAK_CLIENTS,
+    };
+    say(&format!(
+        "{SOAK_CLIENTS} clients for {duration:?} at {count} Deployments ..."
+    ));
+    let gets = get_requests(namespaces, count);
+    let load = ghz.run(
+        &protosets.api,
+        "setpoint.v1.ReplicaService.GetReplicas",
+        &gets,
+        Amount::For(duration),
+        server.pid,
+    );
+    tokio::pin!(load);
+    let mut samples = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    let load = loop {
+        tokio::select! {
+            load = &mut load => break load?,
+            _ = every.tick() => {
+                let rss = memory(server.pid, "VmRSS")?;
+                say(&format!("resident memory {}", mib(rss)));
+                samples.push(rss);
+            }
+        }
+    };
+    server.process.kill().await?;
+    let after_a_minute = samples.get(6).or(samples.last()).copied().unwrap_or(0);
+    let last = samples.last().copied().unwrap_or(0);
+    let max = samples.iter().copied().max().unwrap_or(0);
+    println!(
+        "soak: {} calls ({:.0}/s, p50 {}, p99 {}), {} failed; resident memory after 1 min {}, at the end {}, at most {}",
+        load.calls,
+        load.per_second,
+        ms(load.p50),
+        ms(load.p99),
+        load.errors,
+        mib(after_a_minute),
+        mib(last),
+        mib(max)
+    );
+    anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
+    anyhow::ensure!(
+        last <= after_a_minute + SOAK_GROWTH,
+        "resident memory grew from {} to {}",
+        mib(after_a_minute),
+        mib(last)
+    );
+    Ok(())
+}
+
+/// A running release server.
+struct Server {
+    process: tokio::process::Child,
+    pid: u32,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    /// From start to `/readyz` answering 200.
+    ready: Duration,
+}
+
+impl Server {
+    async fn start(args: &Args, dir: &Path, log: &str) -> anyhow::Result<Self> {
+        let (grpc, http) = (free_address()?, free_address()?);
+        let started = Instant::now();
+        let process = devenv::spawn_server(
+            &args.server_bin,
+            dir,
+            grpc,
+            http,
+            Some(&dir.join(log)),
+            &[
+                // Every sample is a write by the same identity: keep the rate limit out
+                // of the way.
+                format!("--writes-per-minute={}", args.writes.max(60)),
+                format!("--write-burst={}", args.writes.max(60)),
+                // The health probe and watch renewals are the requests a replica sends
+                // on its own; spaced out, any request during the reads is one of theirs.
+                "--probe-interval=10m".into(),
+                "--watch-timeout=30m".into(),
+            ],
+        )?;
+        devenv::wait_until_ready(http).await?;
+        Ok(Self {
+            pid: process.id().context("the server exited")?,
+            process,
+            grpc,
+            http,
+            ready: started.elapsed(),
+        })
+    }
+}
+
+/// How long ghz runs: a number of calls, or a duration.
+#[derive(Clone, Copy)]
+enum Amount {
+    Calls(usize),
+    For(Duration),
+}
+
 /// How ghz is run: against which server, with which client certificate, and how hard.
 struct Ghz<'a> {
     bin: &'a Path,
@@ -347,14 +480,14 @@ struct Ghz<'a> {
 }
 
 impl Ghz<'_> {
-    /// `calls` calls of `call` with `data` (an array: one element per call, in turn),
-    /// and the CPU time process `pid` spent meanwhile.
+    /// `amount` of calls of `call` with `data` (an array: one element per call, in
+    /// turn), and the CPU time process `pid` spent meanwhile.
     async fn run(
         &self,
         protoset: &Path,
         call: &str,
         data: &Value,
-        calls: usize,
+        amount: Amount,
         pid: u32,
     ) -> anyhow::Result<Load> {
         let pki = |file: &str| self.pki.join(file);
@@ -379,7 +512,10 @@ impl Ghz<'_> {
             ])
             .arg(format!("--connections={}", self.connections))
             .arg(format!("--concurrency={}", self.concurrency))
-            .arg(format!("--total={calls}"))
+            .arg(match amount {
+                Amount::Calls(calls) => format!("--total={calls}"),
+                Amount::For(duration) => format!("--duration={}s", duration.as_secs()),
+            })
             .arg(self.address.to_string())
             .output()
             .await
@@ -457,7 +593,7 @@ async fn apiserver_gets(
     latencies.sort_unstable();
     let calls = results.len() as u64;
     Ok(Load {
-        name: "API server GET (baseline)",
+        name: BASELINE,
         calls,
         errors: calls - latencies.len() as u64,
         per_second: calls as f64 / wall.as_secs_f64(),
@@ -479,7 +615,7 @@ async fn writes(
     count: usize,
     replicas: i32,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let mut client = operator_client(dir, grpc).await?;
+    let mut client = devenv::operator_client(dir, grpc).await?;
     // Convergence is observed through one watch, as the API server reports it, so the
     // measurement adds no polling delay.
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -576,35 +712,6 @@ fn memory(pid: u32, field: &str) -> anyhow::Result<u64> {
 
 fn free_address() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let (_, body) = devenv::http_get(http, "/metrics").await?;
-    Ok(body
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-async fn operator_client(
-    dir: &Path,
-    grpc: SocketAddr,
-) -> anyhow::Result<ReplicaServiceClient<Channel>> {
-    let pki = dir.join("pki");
-    let read = |name: &str| std::fs::read(pki.join(name));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(
-            read("operator.crt")?,
-            read("operator.key")?,
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{grpc}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(ReplicaServiceClient::new(channel))
 }
 
 fn ms(duration: Duration) -> String {
@@ -767,10 +874,14 @@ fn report(args: &Args, sizes: &[Size]) -> String {
         &mut out,
         "GetReplicas ≥ 10× the API server's throughput for the same read",
         &|size| {
-            let ratio =
-                size.load(get).per_second / size.load("API server GET (baseline)").per_second;
+            let ratio = size.load(get).per_second / size.load(BASELINE).per_second;
             format!("{ratio:.1}×: {}", met(ratio >= 10.0))
         },
+    );
+    row(
+        &mut out,
+        "(not a goal) the API server's CPU per GET ÷ Setpoint's per GetReplicas",
+        &|size| format!("{:.1}×", cpu(size, BASELINE) / cpu(size, get)),
     );
     row(&mut out, "0 API-server requests per read", &|size| {
         met(size.kube_requests_during_reads == 0.0).into()

@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use testenv::ControlPlane;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The manifests applied, in order.
 pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "admission.yaml", "rbac.yaml"];
@@ -176,6 +178,39 @@ pub async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, 
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The sum of the samples of metric `name` (a name with labels, e.g.
+/// `setpoint_leader`) on the server's `/metrics` at `http`.
+pub async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let (_, body) = http_get(http, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A gRPC client of the server at `grpc` as the dev PKI's operator (files of
+/// [`write_server_files`] in `dir`).
+pub async fn operator_client(
+    dir: &Path,
+    grpc: SocketAddr,
+) -> anyhow::Result<ReplicaServiceClient<Channel>> {
+    let pki = dir.join("pki");
+    let read = |name: &str| std::fs::read(pki.join(name));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(
+            read("operator.crt")?,
+            read("operator.key")?,
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{grpc}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(ReplicaServiceClient::new(channel))
 }
 
 /// Sends `signal` (e.g. `libc::SIGTERM`) to the process `pid`; a process that is already

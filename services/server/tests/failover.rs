@@ -1,0 +1,127 @@
+//! Two separate setpoint-server processes sharing the Lease: the leader is killed
+//! (SIGKILL, no release) during a stream of SetReplicas; the other takes over within
+//! the lease duration and every acknowledged setpoint converges. A test binary of its
+//! own: the Lease is cluster-wide.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use support::{admin, install_setpoint, namespace_with, set_request, wait_for_replicas};
+
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+
+struct Replica {
+    process: tokio::process::Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+async fn start(dir: &std::path::Path, identity: &str) -> Replica {
+    let (grpc, http) = (free_address(), free_address());
+    let process = devenv::spawn_server(
+        env!("CARGO_BIN_EXE_setpoint-server").as_ref(),
+        dir,
+        grpc,
+        http,
+        Some(&dir.join(format!("{identity}.log"))),
+        &[
+            format!("--identity={identity}"),
+            format!("--lease-duration={}s", LEASE_DURATION.as_secs()),
+            "--lease-renew-interval=500ms".into(),
+            "--writes-per-minute=600".into(),
+            "--write-burst=100".into(),
+        ],
+    )
+    .expect("starting setpoint-server");
+    devenv::wait_until_ready(http).await.expect("ready");
+    Replica {
+        process,
+        grpc,
+        http,
+    }
+}
+
+async fn leads(replica: &Replica) -> bool {
+    devenv::metric(replica.http, "setpoint_leader")
+        .await
+        .is_ok_and(|leader| leader == 1.0)
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_within_the_lease_and_acknowledged_writes_converge() {
+    let control_plane = install_setpoint().await;
+    let names: Vec<String> = (0..12).map(|index| format!("web-{index}")).collect();
+    let namespace = namespace_with(
+        "failover",
+        &names
+            .iter()
+            .map(|name| (name.as_str(), 1))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    devenv::write_server_files(control_plane, dir.path())
+        .await
+        .expect("server files");
+    let mut replicas = vec![
+        start(dir.path(), "process-a").await,
+        start(dir.path(), "process-b").await,
+    ];
+    let leader = testenv::wait_for("a leader", || async {
+        for (index, replica) in replicas.iter().enumerate() {
+            if leads(replica).await {
+                return Some(index);
+            }
+        }
+        None
+    })
+    .await;
+    let mut killed = replicas.remove(leader);
+    let survivor = replicas.pop().expect("two replicas");
+    let mut client = devenv::operator_client(dir.path(), survivor.grpc)
+        .await
+        .expect("client");
+
+    let mut acknowledged = Vec::new();
+    let mut killed_at = None;
+    for (index, name) in names.iter().enumerate() {
+        if index == names.len() / 3 {
+            killed.process.start_kill().expect("SIGKILL");
+            killed.process.wait().await.expect("reaped");
+            killed_at = Some(Instant::now());
+        }
+        let replicas = i32::try_from(index % 4 + 2).expect("small");
+        client
+            .set_replicas(set_request(&namespace, name, replicas))
+            .await
+            .unwrap_or_else(|status| panic!("SetReplicas {name}: {status}"));
+        acknowledged.push((name, replicas));
+    }
+    let killed_at = killed_at.expect("the leader was killed");
+    testenv::wait_for("the survivor to lead", || async {
+        leads(&survivor).await.then_some(())
+    })
+    .await;
+    let took_over = killed_at.elapsed();
+    // The Lease expires one duration after the last renewal; the survivor tries every
+    // renew interval, and this poll adds its own 200 ms.
+    assert!(
+        took_over <= LEASE_DURATION + Duration::from_secs(2),
+        "the survivor led {took_over:?} after the leader died"
+    );
+
+    let deployments = Api::<Deployment>::namespaced(admin().await, &namespace);
+    for (name, replicas) in acknowledged {
+        wait_for_replicas(&deployments, name, replicas).await;
+    }
+}
