@@ -5,56 +5,29 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use support::{admin, install_setpoint, namespace_with, set_request, wait_for_replicas};
+use support::{
+    ServerProcess, admin, install_setpoint, namespace_with, set_request, wait_for_replicas,
+};
 
 const LEASE_DURATION: Duration = Duration::from_secs(3);
 
-struct Replica {
-    process: tokio::process::Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
+async fn start(dir: &std::path::Path, identity: &str) -> ServerProcess {
+    let args = [
+        format!("--identity={identity}"),
+        format!("--lease-duration={}s", LEASE_DURATION.as_secs()),
+        "--lease-renew-interval=500ms".into(),
+        "--writes-per-minute=600".into(),
+        "--write-burst=100".into(),
+    ];
+    ServerProcess::start(dir, &format!("{identity}.log"), &args).await
 }
 
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-}
-
-async fn start(dir: &std::path::Path, identity: &str) -> Replica {
-    let (grpc, http) = (free_address(), free_address());
-    let process = devenv::spawn_server(
-        env!("CARGO_BIN_EXE_setpoint-server").as_ref(),
-        dir,
-        grpc,
-        http,
-        Some(&dir.join(format!("{identity}.log"))),
-        &[
-            format!("--identity={identity}"),
-            format!("--lease-duration={}s", LEASE_DURATION.as_secs()),
-            "--lease-renew-interval=500ms".into(),
-            "--writes-per-minute=600".into(),
-            "--write-burst=100".into(),
-        ],
-    )
-    .expect("starting setpoint-server");
-    devenv::wait_until_ready(http).await.expect("ready");
-    Replica {
-        process,
-        grpc,
-        http,
-    }
-}
-
-async fn leads(replica: &Replica) -> bool {
-    devenv::metric(replica.http, "setpoint_leader")
-        .await
-        .is_ok_and(|leader| leader == 1.0)
+async fn leads(replica: &ServerProcess) -> bool {
+    replica.metric("setpoint_leader").await == 1.0
 }
 
 #[tokio::test]

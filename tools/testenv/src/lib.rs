@@ -128,6 +128,7 @@ pub struct ControlPlane {
     ca_cert: PathBuf,
     binaries: PathBuf,
     kubeconfig: PathBuf,
+    etcd_args: Vec<String>,
     apiserver_args: Vec<String>,
     controller_manager_args: Vec<String>,
     version: String,
@@ -168,20 +169,21 @@ impl ControlPlane {
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        let etcd_args = vec![
+            "--name=testenv".into(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={etcd_peer_url}"),
+            format!("--initial-advertise-peer-urls={etcd_peer_url}"),
+            format!("--initial-cluster=testenv={etcd_peer_url}"),
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ];
         let etcd = Component::spawn(
             "etcd",
             &binaries.join("etcd"),
-            &[
-                "--name=testenv".into(),
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={etcd_peer_url}"),
-                format!("--initial-advertise-peer-urls={etcd_peer_url}"),
-                format!("--initial-cluster=testenv={etcd_peer_url}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ],
+            &etcd_args,
             dir.join("etcd.log"),
         )?;
 
@@ -224,6 +226,7 @@ impl ControlPlane {
             ca_cert: pki.ca_cert.clone(),
             binaries,
             kubeconfig,
+            etcd_args,
             apiserver_args,
             controller_manager_args,
             apiserver_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
@@ -445,6 +448,21 @@ impl ControlPlane {
         if let Some(mut apiserver) = self.processes().apiserver.take() {
             apiserver.kill();
         }
+    }
+
+    /// Kills etcd (SIGKILL; its data stays), starts it again after `down_for`, and waits
+    /// until the API server is ready again.
+    pub async fn restart_etcd(&self, down_for: Duration) -> Result<(), Error> {
+        self.processes().etcd.kill();
+        tokio::time::sleep(down_for).await;
+        let etcd = Component::spawn(
+            "etcd",
+            &self.binaries.join("etcd"),
+            &self.etcd_args,
+            self.dir.join("etcd.log"),
+        )?;
+        self.processes().etcd = etcd;
+        self.wait_until_ready().await
     }
 
     /// Starts the API server on its original port, if stopped, and waits until it is ready.

@@ -265,11 +265,7 @@ impl Setpoint {
 
     /// The value of a counter or gauge from `/metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics").await;
-        body.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        devenv::metric(self.http, name).await.expect("metrics")
     }
 
     /// Sends the shutdown signal (like SIGTERM) without waiting.
@@ -442,4 +438,46 @@ pub async fn namespace_with(prefix: &str, deployments: &[(&str, i32)]) -> String
         .expect("create deployment");
     }
     namespace
+}
+
+/// The setpoint-server binary in a process of its own, started with the files of
+/// `devenv::write_server_files` in `dir` and `args`, logging to `dir/<log>`.
+pub struct ServerProcess {
+    pub process: tokio::process::Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl ServerProcess {
+    pub async fn start(dir: &std::path::Path, log: &str, args: &[String]) -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+        };
+        let (grpc, http) = (free(), free());
+        let process = devenv::spawn_server(
+            env!("CARGO_BIN_EXE_setpoint-server").as_ref(),
+            dir,
+            grpc,
+            http,
+            Some(&dir.join(log)),
+            args,
+        )
+        .expect("starting setpoint-server");
+        devenv::wait_until_ready(http).await.expect("ready");
+        Self {
+            process,
+            grpc,
+            http,
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        devenv::metric(self.http, name).await.unwrap_or(0.0)
+    }
+
+    pub async fn is_ready(&self) -> bool {
+        matches!(devenv::http_get(self.http, "/readyz").await, Ok((200, _)))
+    }
 }
