@@ -41,11 +41,17 @@ test: controlplane ## Unit and integration tests (against a real local control p
 
 # BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
 BENCH_ARGS ?=
+SETPOINT_BENCH = ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench \
+  --server-bin target/release/setpoint-server --ghz "$$ghz" $(BENCH_ARGS)
 .PHONY: bench
 bench: controlplane ## Release build; 1,000 vs 10,000 Deployments: reads (ghz), CPU per call, memory, writes → docs/benchmarks.md
 	$(CARGO) build --release --locked --bins
-	ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench --server-bin target/release/setpoint-server \
-	  --ghz "$$ghz" --output docs/benchmarks.md $(BENCH_ARGS)
+	$(SETPOINT_BENCH) --output docs/benchmarks.md
+
+.PHONY: soak
+soak: controlplane ## 200 clients for 10 min at 10,000 Deployments; fails on any failed call or memory growth (not in CI)
+	$(CARGO) build --release --locked --bins
+	$(SETPOINT_BENCH) --deployments 10000 --soak-seconds 600
 
 # Property tests of every parser of untrusted input (request names, label selectors,
 # page tokens, the policy): 256 cases each in `make test`, FUZZ_CASES here.
