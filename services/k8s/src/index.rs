@@ -58,9 +58,14 @@ type Change<V> = (DeploymentKey, Option<V>, Option<V>);
 /// A value with the epoch of the listing that last saw it.
 type Marked<V> = (u64, V);
 
-/// Values by key, with the relist's mark-and-sweep.
+/// One namespace's values by name.
+type Names<V> = BTreeMap<String, Marked<V>>;
+
+/// Values by namespace, then name (each namespace's name stored once, and lookups
+/// compare names only), with the relist's mark-and-sweep.
 struct Table<V> {
-    rows: BTreeMap<DeploymentKey, Marked<V>>,
+    namespaces: BTreeMap<String, Names<V>>,
+    len: usize,
     /// Incremented by each relist.
     epoch: u64,
 }
@@ -68,13 +73,19 @@ struct Table<V> {
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Self {
-            rows: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            len: 0,
             epoch: 0,
         }
     }
 }
 
 impl<V: Clone + PartialEq> Table<V> {
+    fn get(&self, key: &DeploymentKey) -> Option<&V> {
+        let (_, value) = self.namespaces.get(&key.namespace)?.get(&key.name)?;
+        Some(value)
+    }
+
     /// Applies a watch event, storing `value` of each object; returns what changed.
     fn apply<K: Resource>(&mut self, event: Event<K>, value: impl Fn(&K) -> V) -> Vec<Change<V>> {
         let epoch = self.epoch;
@@ -85,29 +96,51 @@ impl<V: Clone + PartialEq> Table<V> {
             }
             Event::InitApply(object) | Event::Apply(object) => {
                 let (key, new) = (key_of(&object), value(&object));
-                match self.rows.get_mut(&key) {
+                let names = self.namespaces.entry(key.namespace.clone()).or_default();
+                let old = match names.get_mut(&key.name) {
                     Some((seen, old)) if *old == new => {
                         *seen = epoch;
-                        Vec::new()
+                        return Vec::new();
                     }
-                    _ => {
-                        let old = self.rows.insert(key.clone(), (epoch, new.clone()));
-                        vec![(key, old.map(|(_, old)| old), Some(new))]
+                    Some(entry) => Some(std::mem::replace(entry, (epoch, new.clone())).1),
+                    None => {
+                        names.insert(key.name.clone(), (epoch, new.clone()));
+                        self.len += 1;
+                        None
                     }
-                }
+                };
+                vec![(key, old, Some(new))]
             }
             Event::Delete(object) => {
                 let key = key_of(&object);
-                let old = self.rows.remove(&key);
+                let Some(names) = self.namespaces.get_mut(&key.namespace) else {
+                    return Vec::new();
+                };
+                let old = names.remove(&key.name);
+                if names.is_empty() {
+                    self.namespaces.remove(&key.namespace);
+                }
+                self.len -= usize::from(old.is_some());
                 old.map(|(_, old)| (key, Some(old), None))
                     .into_iter()
                     .collect()
             }
-            Event::InitDone => self
-                .rows
-                .extract_if(.., |_, (seen, _)| *seen != epoch)
-                .map(|(key, (_, old))| (key, Some(old), None))
-                .collect(),
+            Event::InitDone => {
+                let mut gone = Vec::new();
+                for (namespace, names) in &mut self.namespaces {
+                    let stale = names.extract_if(.., |_, (seen, _)| *seen != epoch);
+                    gone.extend(stale.map(|(name, (_, old))| {
+                        let key = DeploymentKey {
+                            namespace: namespace.clone(),
+                            name,
+                        };
+                        (key, Some(old), None)
+                    }));
+                }
+                self.namespaces.retain(|_, names| !names.is_empty());
+                self.len -= gone.len();
+                gone
+            }
         }
     }
 }
@@ -126,11 +159,11 @@ pub struct Deployments(Arc<RwLock<Table<Arc<DeploymentRow>>>>);
 
 impl Deployments {
     pub fn get(&self, key: &DeploymentKey) -> Option<Arc<DeploymentRow>> {
-        read(&self.0).rows.get(key).map(|(_, row)| row.clone())
+        read(&self.0).get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
-        read(&self.0).rows.len()
+        read(&self.0).len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,39 +181,40 @@ impl Deployments {
         keep: impl Fn(&DeploymentRow) -> bool,
     ) -> Vec<(DeploymentKey, Arc<DeploymentRow>)> {
         let table = read(&self.0);
-        let rows = &table.rows;
-        // Where the listing of `namespace` starts: after the cursor, or at its first name.
-        let start = |namespace: &str| match after {
-            Some(after) if after.namespace == namespace => Bound::Excluded(after.clone()),
-            _ => Bound::Included(DeploymentKey {
-                namespace: namespace.into(),
-                name: String::new(),
-            }),
-        };
-        let visited: Box<dyn Iterator<Item = (&DeploymentKey, &Marked<Arc<DeploymentRow>>)>> =
+        let first = after.map_or(Bound::Unbounded, |after| {
+            Bound::Included(after.namespace.as_str())
+        });
+        let visited: Box<dyn Iterator<Item = (&String, &Names<Arc<DeploymentRow>>)>> =
             match namespaces {
-                None => Box::new(rows.range((
-                    after.cloned().map_or(Bound::Unbounded, Bound::Excluded),
-                    Bound::Unbounded,
-                ))),
-                Some(namespaces) => {
-                    let first = after.map_or(Bound::Unbounded, |after| {
-                        Bound::Included(after.namespace.as_str())
-                    });
-                    Box::new(
-                        namespaces
-                            .range::<str, _>((first, Bound::Unbounded))
-                            .flat_map(move |namespace| {
-                                rows.range((start(namespace), Bound::Unbounded))
-                                    .take_while(move |(key, _)| key.namespace == *namespace)
-                            }),
-                    )
-                }
+                None => Box::new(table.namespaces.range::<str, _>((first, Bound::Unbounded))),
+                Some(namespaces) => Box::new(
+                    namespaces
+                        .range::<str, _>((first, Bound::Unbounded))
+                        .filter_map(|namespace| table.namespaces.get_key_value(namespace)),
+                ),
             };
         visited
-            .filter(|(_, (_, row))| keep(row))
+            .flat_map(|(namespace, names)| {
+                // After the cursor in its namespace; from the first name in the next.
+                let start = match after {
+                    Some(after) if after.namespace == *namespace => {
+                        Bound::Excluded(after.name.as_str())
+                    }
+                    _ => Bound::Unbounded,
+                };
+                names
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .map(move |(name, (_, row))| (namespace, name, row))
+            })
+            .filter(|(_, _, row)| keep(row))
             .take(limit)
-            .map(|(key, (_, row))| (key.clone(), row.clone()))
+            .map(|(namespace, name, row)| {
+                let key = DeploymentKey {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                };
+                (key, row.clone())
+            })
             .collect()
     }
 
@@ -217,7 +251,7 @@ impl Autoscalers {
     }
 
     pub fn len(&self) -> usize {
-        read(&self.0).targets.rows.len()
+        read(&self.0).targets.len
     }
 
     pub fn is_empty(&self) -> bool {

@@ -84,9 +84,10 @@ impl Replicas {
         let (page, next) = view::list_page(self.cache.deployments()?, &query);
         Ok(Page {
             deployments: page
-                .iter()
+                .into_iter()
                 .map(|(key, deployment)| {
-                    view::view(key, deployment, self.cache.setpoint(key).as_deref())
+                    let setpoint = self.cache.setpoint(&key);
+                    view::view(key, &deployment, setpoint.as_deref())
                 })
                 .collect(),
             next_page_token: next
@@ -103,7 +104,7 @@ impl Replicas {
             .get(key)
             .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
         Ok(view::view(
-            key,
+            key.clone(),
             &deployment,
             self.cache.setpoint(key).as_deref(),
         ))
@@ -188,7 +189,10 @@ impl Replicas {
         };
         let (previous, stored) =
             store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?;
-        Ok((previous, view::view(key, &deployment, Some(&stored))))
+        Ok((
+            previous,
+            view::view(key.clone(), &deployment, Some(&stored)),
+        ))
     }
 }
 

@@ -47,13 +47,13 @@ pub struct DeploymentView {
 }
 
 pub fn view(
-    key: &DeploymentKey,
+    key: DeploymentKey,
     deployment: &DeploymentRow,
     setpoint: Option<&ReplicaSetpoint>,
 ) -> DeploymentView {
     let (state, message) = reconcile_state(deployment, setpoint);
     DeploymentView {
-        key: key.clone(),
+        key,
         uid: deployment.uid.clone(),
         spec_replicas: deployment.spec_replicas,
         ready_replicas: deployment.ready_replicas,
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn reconcile_state_follows_the_setpoint_status() {
         let (key, web) = row(&deployment("a", "web", "web"));
-        let state = |setpoint: Option<&ReplicaSetpoint>| view(&key, &web, setpoint).state;
+        let state = |setpoint: Option<&ReplicaSetpoint>| view(key.clone(), &web, setpoint).state;
         assert_eq!(state(None), ReconcileState::Unmanaged);
         assert_eq!(
             state(Some(&setpoint("uid-web", 1, None))),
@@ -419,12 +419,12 @@ mod tests {
     #[test]
     fn replicas_report_spec_desired_and_version() {
         let (key, web) = row(&deployment("a", "web", "web"));
-        let answer = view(&key, &web, Some(&setpoint("uid-web", 3, None)));
+        let answer = view(key.clone(), &web, Some(&setpoint("uid-web", 3, None)));
         assert_eq!(answer.spec_replicas, 2);
         assert_eq!(answer.desired_replicas, Some(5));
         assert_eq!(answer.version, "setpoint-uid/3");
         assert_eq!(answer.uid, "uid-web");
-        let unmanaged = view(&key, &web, None);
+        let unmanaged = view(key, &web, None);
         assert_eq!(
             (unmanaged.desired_replicas, unmanaged.version),
             (None, String::new())
