@@ -46,9 +46,10 @@ pub fn validate_namespace(value: &str) -> Result<(), Error> {
     }
 }
 
-/// An object name is a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+/// An object name is a DNS-1123 subdomain: at most 253 characters of dot-separated
+/// parts like labels (Kubernetes does not limit the parts' length).
 pub fn validate_name(field: &'static str, value: &str) -> Result<(), Error> {
-    if value.len() <= 253 && value.split('.').all(is_dns1123_label) {
+    if value.len() <= 253 && value.split('.').all(is_label_like) {
         Ok(())
     } else {
         Err(Error::InvalidName {
@@ -60,9 +61,13 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), Error> {
 }
 
 fn is_dns1123_label(value: &str) -> bool {
+    value.len() <= 63 && is_label_like(value)
+}
+
+/// `a-z0-9-`, alphanumeric at both ends, of any length but 0.
+fn is_label_like(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
-        && bytes.len() <= 63
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
@@ -99,6 +104,10 @@ mod tests {
         assert!(DeploymentKey::new("default", "web").is_ok());
         assert!(DeploymentKey::new("team-a", "web.v2-canary").is_ok());
         assert!(DeploymentKey::new(&"a".repeat(63), &[&"b".repeat(63)[..]; 3].join(".")).is_ok());
+        assert!(
+            DeploymentKey::new("default", &format!("{}.v2", "b".repeat(64))).is_ok(),
+            "a Kubernetes name's parts may be longer than a label"
+        );
     }
 
     #[test]
@@ -148,8 +157,7 @@ mod tests {
 }
 
 /// Any input: validation never panics, and accepts exactly what Kubernetes' own
-/// regular expressions accept (written out independently here), with at most 63
-/// characters per label.
+/// regular expressions accept (written out independently here).
 #[cfg(test)]
 mod properties {
     use proptest::prelude::*;
@@ -167,31 +175,37 @@ mod properties {
 
     proptest! {
         #[test]
-        fn namespaces_are_dns1123_labels(value in "[a-z0-9A-Z.\\-_ ]{0,70}|\\PC{0,10}") {
+        fn namespaces_are_dns1123_labels(
+            value in "[a-z0-9]{60,66}|[a-z0-9A-Z.\\-_ ]{0,70}|\\PC{0,10}"
+        ) {
             let label = value.len() <= 63 && matches(LABEL, &value);
             prop_assert_eq!(validate_namespace(&value).is_ok(), label);
         }
 
         #[test]
         fn names_are_dns1123_subdomains(
-            value in "([a-z0-9-]{0,70}[.]?){0,5}|[a-z0-9.-]{240,260}|\\PC{0,20}"
+            value in "([a-z0-9-]{0,70}[.]?){0,5}|[a-z0-9]{60,70}([.][a-z]{1,3})?|[a-z0-9.-]{240,260}|\\PC{0,20}"
         ) {
-            let subdomain = value.len() <= 253
-                && matches(&format!("{LABEL}([.]{LABEL})*"), &value)
-                && value.split('.').all(|label| label.len() <= 63);
+            let subdomain = value.len() <= 253 && matches(&format!("{LABEL}([.]{LABEL})*"), &value);
             prop_assert_eq!(validate_name("name", &value).is_ok(), subdomain);
         }
 
         #[test]
-        fn replicas_and_page_sizes_stay_in_range(replicas: i32, max in 0..=i32::MAX, size: i32) {
+        fn replicas_and_page_sizes_stay_in_range(
+            replicas in prop_oneof![any::<i32>(), -5..=1005i32],
+            max in 0..=1000i32,
+            size in prop_oneof![any::<i32>(), -5..=1005i32],
+        ) {
             prop_assert_eq!(
                 validate_replicas(replicas, max).is_ok(),
-                (0..=max).contains(&replicas)
+                0 <= replicas && replicas <= max
             );
-            match page_size(size) {
-                Ok(accepted) => prop_assert!((1..=MAX_PAGE_SIZE).contains(&accepted)),
-                Err(_) => prop_assert!(usize::try_from(size).is_ok_and(|size| size > MAX_PAGE_SIZE) || size < 0),
-            }
+            let expected = match size {
+                0 => Some(DEFAULT_PAGE_SIZE),
+                1..=500 => usize::try_from(size).ok(),
+                _ => None,
+            };
+            prop_assert_eq!(page_size(size).ok(), expected);
         }
     }
 }

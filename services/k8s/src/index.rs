@@ -286,6 +286,34 @@ impl Autoscalers {
     }
 }
 
+/// Writes setpoint watch events into the kube store the reconciler's applier reads, and
+/// names the Deployments whose setpoint the store now shows changed. The store swaps a
+/// relist's setpoints in only when it ends, so they are announced then.
+pub struct SetpointWriter {
+    writer: Writer<ReplicaSetpoint>,
+    /// Keys of the relist in progress.
+    relisted: Vec<DeploymentKey>,
+}
+
+impl SetpointWriter {
+    pub fn apply(&mut self, event: Event<ReplicaSetpoint>) -> Vec<DeploymentKey> {
+        let event = event.modify(|setpoint| setpoint.managed_fields_mut().clear());
+        self.writer.apply_watcher_event(&event);
+        match event {
+            Event::Apply(setpoint) | Event::Delete(setpoint) => vec![key_of(&setpoint)],
+            Event::Init => {
+                self.relisted.clear();
+                Vec::new()
+            }
+            Event::InitApply(setpoint) => {
+                self.relisted.push(key_of(&setpoint));
+                Vec::new()
+            }
+            Event::InitDone => std::mem::take(&mut self.relisted),
+        }
+    }
+}
+
 /// Everything the watches keep, shared by the API and the reconciler.
 #[derive(Clone)]
 pub struct Stores {
@@ -298,7 +326,7 @@ pub struct Stores {
 
 impl Stores {
     /// Empty stores, and the writer of the setpoint store.
-    pub fn new() -> (Self, Writer<ReplicaSetpoint>) {
+    pub fn new() -> (Self, SetpointWriter) {
         let (setpoints, writer) = reflector::store();
         let stores = Self {
             deployments: Deployments::default(),
@@ -306,6 +334,10 @@ impl Stores {
             setpoints,
             changes: broadcast::channel(CHANGES_BUFFER).0,
             synced: Arc::new(watch::channel(false).0),
+        };
+        let writer = SetpointWriter {
+            writer,
+            relisted: Vec::new(),
         };
         (stores, writer)
     }
@@ -477,5 +509,39 @@ mod tests {
         assert_eq!(index.of(&key("a/web")), None);
         index.apply(Event::Delete(autoscaler("h1", "api")));
         assert_eq!((index.of(&key("a/api")), index.len()), (None, 0));
+    }
+
+    #[test]
+    fn setpoints_are_announced_once_the_store_shows_them() {
+        let (stores, mut writer) = Stores::new();
+        let setpoint = |name: &str| {
+            let spec = crate::ReplicaSetpointSpec {
+                replicas: 2,
+                deployment_uid: format!("uid-{name}"),
+            };
+            let mut setpoint = ReplicaSetpoint::new(name, spec);
+            setpoint.metadata.namespace = Some("a".into());
+            setpoint
+        };
+        let mut announced = Vec::new();
+        for event in [
+            Event::Init,
+            Event::InitApply(setpoint("web")),
+            Event::InitDone,
+            Event::Apply(setpoint("api")),
+            Event::Init,
+            Event::InitApply(setpoint("api")),
+            Event::InitApply(setpoint("db")),
+            Event::InitDone,
+        ] {
+            for key in writer.apply(event) {
+                assert!(
+                    stores.setpoint(&key).is_some(),
+                    "{key} announced before it is stored"
+                );
+                announced.push(key.to_string());
+            }
+        }
+        assert_eq!(announced, ["a/web", "a/api", "a/api", "a/db"]);
     }
 }

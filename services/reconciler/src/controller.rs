@@ -31,8 +31,10 @@ use crate::metrics::{ReconcilerMetrics, ResultLabels};
 /// Retry delays after errors: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// After a 409 the cache was merely stale: retry almost at once.
+/// After a 409 the cache was merely stale: retry almost at once, doubling up to the
+/// last while conflicts repeat (a watch that stays behind).
 const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+const CONFLICT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bound on one reconcile (a few requests): the kube client has no read timeout, since
 /// watches must stay open.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +58,8 @@ pub struct Context {
     metrics: ReconcilerMetrics,
     /// Consecutive failures per setpoint, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ReplicaSetpoint>, u32>>,
+    /// Consecutive conflicts per setpoint, which back off separately.
+    conflicts: Mutex<HashMap<ObjectRef<ReplicaSetpoint>, u32>>,
 }
 
 /// Runs the reconciler until the task is dropped (the lease loop aborts it when this
@@ -73,6 +77,7 @@ pub async fn run(client: Client, stores: Stores, metrics: ReconcilerMetrics, ins
         stores: stores.clone(),
         metrics,
         failures: Mutex::default(),
+        conflicts: Mutex::default(),
     });
     controller::applier(
         |setpoint, context| Box::pin(reconcile(setpoint, context)),
@@ -143,7 +148,9 @@ async fn reconcile(setpoint: Arc<ReplicaSetpoint>, context: Arc<Context>) -> Res
         .duration
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        context.failures().remove(&ObjectRef::from_obj(&*setpoint));
+        let key = ObjectRef::from_obj(&*setpoint);
+        context.failures().remove(&key);
+        lock(&context.conflicts).remove(&key);
         context.update_backoff_gauge();
     }
     result
@@ -272,19 +279,14 @@ async fn scale(
 }
 
 fn error_policy(setpoint: Arc<ReplicaSetpoint>, error: &Error, context: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*setpoint);
     if matches!(error, Error::Conflict) {
-        return Action::requeue(CONFLICT_RETRY);
+        let conflicts = bump(&mut lock(&context.conflicts), key);
+        return Action::requeue(doubling(CONFLICT_RETRY, conflicts, CONFLICT_RETRY_MAX));
     }
-    let attempts = {
-        let mut failures = context.failures();
-        let attempts = failures.entry(ObjectRef::from_obj(&*setpoint)).or_insert(0);
-        *attempts += 1;
-        *attempts
-    };
+    let attempts = bump(&mut context.failures(), key);
     context.update_backoff_gauge();
-    let delay = BACKOFF_FIRST
-        .saturating_mul(2u32.saturating_pow(attempts - 1))
-        .min(BACKOFF_MAX);
+    let delay = doubling(BACKOFF_FIRST, attempts, BACKOFF_MAX);
     tracing::warn!(
         setpoint = %ObjectRef::from_obj(&*setpoint),
         %error,
@@ -295,9 +297,30 @@ fn error_policy(setpoint: Arc<ReplicaSetpoint>, error: &Error, context: Arc<Cont
     Action::requeue(delay)
 }
 
+/// Counts one more attempt for `key`; returns the count.
+fn bump(
+    counts: &mut HashMap<ObjectRef<ReplicaSetpoint>, u32>,
+    key: ObjectRef<ReplicaSetpoint>,
+) -> u32 {
+    let count = counts.entry(key).or_insert(0);
+    *count += 1;
+    *count
+}
+
+/// `first`, doubled for each attempt after the first, at most `max`.
+fn doubling(first: Duration, attempts: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1)))
+        .min(max)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ReplicaSetpoint>, u32>> {
-        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.failures)
     }
 
     fn update_backoff_gauge(&self) {
@@ -431,12 +454,13 @@ mod tests {
             stores,
             metrics: ReconcilerMetrics::register(&mut Registry::default()),
             failures: Mutex::default(),
+            conflicts: Mutex::default(),
         });
         (context, log)
     }
 
     #[tokio::test]
-    async fn a_conflicting_scale_is_retried_soon_without_backoff() {
+    async fn a_conflicting_scale_is_retried_soon_and_backs_off_while_conflicts_repeat() {
         let (context, log) = cluster(2, |_| (409, fake::status(409, "Conflict")));
         let setpoint = Arc::new(setpoint(5));
         let error = reconcile(setpoint.clone(), context.clone())
@@ -444,8 +468,13 @@ mod tests {
             .expect_err("409");
         assert!(matches!(error, Error::Conflict), "{error}");
         assert_eq!(
-            error_policy(setpoint, &error, context.clone()),
+            error_policy(setpoint.clone(), &error, context.clone()),
             Action::requeue(CONFLICT_RETRY)
+        );
+        assert_eq!(
+            error_policy(setpoint, &error, context.clone()),
+            Action::requeue(CONFLICT_RETRY * 2),
+            "a cache that stays behind is not hammered"
         );
         assert_eq!(context.failures().len(), 0, "a conflict is not a failure");
         let requests = log.requests();

@@ -15,11 +15,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use setpoint_core::{DeploymentKey, Error};
+use setpoint_k8s::ReplicaSetpoint;
 use setpoint_k8s::index::{Deployments, Stores};
-use setpoint_k8s::{ReplicaSetpoint, key_of};
 use tokio::task::JoinSet;
 
 use crate::metrics::{KindLabels, Metrics};
@@ -177,19 +177,7 @@ impl Cache {
         watches.start(
             Api::<ReplicaSetpoint>::all(client.clone()),
             "replicasetpoints",
-            move |event| {
-                let event = event.modify(|setpoint| setpoint.managed_fields_mut().clear());
-                setpoints.apply_watcher_event(&event);
-                let changed = match event {
-                    Event::Apply(setpoint)
-                    | Event::InitApply(setpoint)
-                    | Event::Delete(setpoint) => {
-                        vec![key_of(&setpoint)]
-                    }
-                    Event::Init | Event::InitDone => Vec::new(),
-                };
-                (changed, store.len())
-            },
+            move |event| (setpoints.apply(event), store.len()),
             tasks,
         );
         Self {

@@ -87,9 +87,9 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_acknowledged_writes_co
     .await;
     let took_over = killed_at.elapsed();
     // The Lease expires one duration after the last renewal; the survivor tries every
-    // renew interval, and this poll adds its own 200 ms.
+    // renew interval (0.5 s), and this poll and a loaded machine add their share.
     assert!(
-        took_over <= LEASE_DURATION + Duration::from_secs(2),
+        took_over <= LEASE_DURATION + Duration::from_secs(3),
         "the survivor led {took_over:?} after the leader died"
     );
 

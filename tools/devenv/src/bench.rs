@@ -19,8 +19,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
@@ -244,7 +245,7 @@ async fn measure(
     round: i32,
 ) -> anyhow::Result<Size> {
     say(&format!("{count} Deployments: starting the server ..."));
-    let server = Server::start(args, dir, &format!("server-{count}.log")).await?;
+    let server = Server::start(args, dir, &format!("server-{count}.log"), &[]).await?;
     let (ready, pid, grpc, http) = (server.ready, server.pid, server.grpc, server.http);
     let mut server = server.process;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -331,12 +332,38 @@ async fn measure(
     say(&format!(
         "{count} Deployments: restarting the API server to force a relist ..."
     ));
+    // A write the Deployment watch does not see puts etcd's revision past the watch's,
+    // so that the restarted API server, whose watch cache starts at that revision,
+    // answers the resumed watch with 410 Gone and the server lists every Deployment.
+    let log = dir.join(format!("server-{count}.log"));
+    let expired = || -> anyhow::Result<usize> {
+        Ok(std::fs::read_to_string(&log)?
+            .lines()
+            .filter(|line| {
+                line.contains("kind=\"deployments\"") && line.contains("too old resource version")
+            })
+            .count())
+    };
+    let expired_before = expired()?;
+    Api::<ConfigMap>::namespaced(admin.clone(), &namespaces[0])
+        .create(&PostParams::default(), &relist_marker(count))
+        .await?;
     // Resets the peak ("VmHWM") to the current resident size.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
     control_plane.stop_apiserver();
     tokio::time::sleep(Duration::from_secs(2)).await;
     control_plane.start_apiserver().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while expired()? == expired_before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restart forced no relist (see {})",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     devenv::wait_until_ready(http).await?;
+    // The relist itself takes about a second at 10,000.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_relist_peak = memory(pid, "VmHWM")?;
     server.kill().await?;
@@ -363,7 +390,14 @@ async fn soak(
     count: usize,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let mut server = Server::start(args, dir, "server-soak.log").await?;
+    let mut server = Server::start(
+        args,
+        dir,
+        "server-soak.log",
+        // All clients connect from one address.
+        &[format!("--max-handshakes-per-source={SOAK_CLIENTS}")],
+    )
+    .await?;
     let pki = dir.join("pki");
     let ghz = Ghz {
         bin: &args.ghz,
@@ -421,6 +455,17 @@ async fn soak(
     Ok(())
 }
 
+/// A ConfigMap whose creation only moves etcd's revision on.
+fn relist_marker(count: usize) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("relist-{count}")),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A running release server.
 struct Server {
     process: tokio::process::Child,
@@ -432,7 +477,12 @@ struct Server {
 }
 
 impl Server {
-    async fn start(args: &Args, dir: &Path, log: &str) -> anyhow::Result<Self> {
+    async fn start(
+        args: &Args,
+        dir: &Path,
+        log: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
         let (grpc, http) = (free_address()?, free_address()?);
         let started = Instant::now();
         let process = devenv::spawn_server(
@@ -450,7 +500,10 @@ impl Server {
                 // on its own; spaced out, any request during the reads is one of theirs.
                 "--probe-interval=10m".into(),
                 "--watch-timeout=30m".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra_args.iter().cloned())
+            .collect::<Vec<_>>(),
         )?;
         devenv::wait_until_ready(http).await?;
         Ok(Self {
@@ -618,20 +671,35 @@ async fn writes(
     let mut client = devenv::operator_client(dir, grpc).await?;
     // Convergence is observed through one watch, as the API server reports it, so the
     // measurement adds no polling delay.
+    // Samples start once the watch has listed every Deployment.
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let mut listed_tx = Some(listed_tx);
     let watch = tokio::spawn(
         watcher(
             Api::<Deployment>::all(admin.clone()),
             watcher::Config::default().labels("tier"),
         )
-        .applied_objects()
-        .try_for_each(move |deployment| {
-            let replicas = deployment.spec.and_then(|spec| spec.replicas);
-            let key = (deployment.metadata.namespace, deployment.metadata.name);
-            let _ = seen_tx.send((key, replicas, Instant::now()));
+        .try_for_each(move |event| {
+            match event {
+                watcher::Event::Apply(deployment) => {
+                    let replicas = deployment.spec.and_then(|spec| spec.replicas);
+                    let key = (deployment.metadata.namespace, deployment.metadata.name);
+                    let _ = seen_tx.send((key, replicas, Instant::now()));
+                }
+                watcher::Event::InitDone => {
+                    if let Some(listed) = listed_tx.take() {
+                        let _ = listed.send(());
+                    }
+                }
+                _ => {}
+            }
             std::future::ready(Ok(()))
         }),
     );
+    listed
+        .await
+        .context("the Deployment watch ended before its first list")?;
     let mut samples = Vec::with_capacity(args.writes);
     for index in 0..args.writes.min(count) {
         let (namespace, name) = deployment_key(namespaces, index);
