@@ -82,6 +82,8 @@ struct Load {
     name: &'static str,
     calls: u64,
     errors: u64,
+    /// ghz's count per error message (JSON).
+    error_kinds: String,
     per_second: f64,
     p50: Duration,
     p99: Duration,
@@ -339,8 +341,9 @@ async fn measure(
     let expired = || -> anyhow::Result<usize> {
         Ok(std::fs::read_to_string(&log)?
             .lines()
+            // `kind="deployments"`, with colour codes around `kind=` in the log.
             .filter(|line| {
-                line.contains("kind=\"deployments\"") && line.contains("too old resource version")
+                line.contains("\"deployments\"") && line.contains("too old resource version")
             })
             .count())
     };
@@ -445,7 +448,12 @@ async fn soak(
         mib(last),
         mib(max)
     );
-    anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
+    anyhow::ensure!(
+        load.errors == 0,
+        "{} calls failed: {}",
+        load.errors,
+        load.error_kinds
+    );
     anyhow::ensure!(
         last <= after_a_minute + SOAK_GROWTH,
         "resident memory grew from {} to {}",
@@ -565,9 +573,13 @@ impl Ghz<'_> {
             ])
             .arg(format!("--connections={}", self.connections))
             .arg(format!("--concurrency={}", self.concurrency))
-            .arg(match amount {
-                Amount::Calls(calls) => format!("--total={calls}"),
-                Amount::For(duration) => format!("--duration={}s", duration.as_secs()),
+            .args(match amount {
+                Amount::Calls(calls) => vec![format!("--total={calls}")],
+                // Calls in flight at the end finish rather than count as failed.
+                Amount::For(duration) => vec![
+                    format!("--duration={}s", duration.as_secs()),
+                    "--duration-stop=wait".into(),
+                ],
             })
             .arg(self.address.to_string())
             .output()
@@ -599,6 +611,7 @@ impl Ghz<'_> {
             name: "",
             calls: count,
             errors: count - ok,
+            error_kinds: report["errorDistribution"].to_string(),
             per_second: report["rps"].as_f64().unwrap_or(0.0),
             p50: percentile(50),
             p99: percentile(99),
@@ -649,6 +662,11 @@ async fn apiserver_gets(
         name: BASELINE,
         calls,
         errors: calls - latencies.len() as u64,
+        error_kinds: results
+            .iter()
+            .filter_map(|result| result.as_ref().err().map(ToString::to_string))
+            .collect::<Vec<_>>()
+            .join("; "),
         per_second: calls as f64 / wall.as_secs_f64(),
         p50: quantile(&latencies, 0.5),
         p99: quantile(&latencies, 0.99),
