@@ -4,6 +4,18 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
+# The build system of `make build`, `test`, `image` and `deploy`: Bazel when bazelisk or
+# bazel is on PATH, Cargo otherwise; BUILD=bazel or BUILD=cargo chooses. Each says which.
+BAZEL ?= $(firstword $(shell command -v bazelisk bazel 2>/dev/null))
+BUILD ?= $(if $(BAZEL),bazel,cargo)
+ifeq ($(BUILD),bazel)
+ifeq ($(BAZEL),)
+$(error BUILD=bazel, but neither bazelisk nor bazel is on PATH)
+endif
+else ifneq ($(BUILD),cargo)
+$(error BUILD=$(BUILD): use BUILD=bazel or BUILD=cargo)
+endif
+USING = @echo "make $@: building with $(BUILD)$(if $(filter bazel,$(BUILD)), ($(BAZEL)))"
 # The image's binary is static (glibc, +crt-static): no libc in the image. It is built
 # for this machine's architecture (x86_64 or aarch64); on a host that is not Linux
 # (macOS) the same `make image` runs inside the pinned Rust image (needs Docker).
@@ -34,10 +46,24 @@ run: controlplane ## Local control plane, demo Deployments, dev PKI and the serv
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager into the cache (no-op when built)
 	@tools/controlplane/build.sh >/dev/null
 
+.PHONY: build
+build: ## Every binary (Bazel: every target)
+	$(USING)
+ifeq ($(BUILD),bazel)
+	$(BAZEL) build //...
+else
+	$(CARGO) build --workspace --locked --bins
+endif
+
 .PHONY: test
 test: controlplane ## Unit and integration tests (against a real local control plane)
+	$(USING)
+ifeq ($(BUILD),bazel)
+	SETPOINT_CONTROLPLANE_DIR=$$(tools/controlplane/build.sh) $(BAZEL) test //...
+else
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked
+endif
 
 # BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
 BENCH_ARGS ?=
@@ -61,8 +87,15 @@ fuzz: ## Property tests ("fuzz"): request validation, selector, page token, poli
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-server --lib properties
 
 .PHONY: image
-image: $(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX)) ## Static server in a reproducible OCI image archive and its SBOM (no Docker on Linux): target/image/
-ifeq ($(IMAGE_BUILDER),docker)
+image: $(if $(filter cargo,$(BUILD)),$(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX))) ## Static server in a reproducible OCI image archive (Cargo: and its SBOM; no Docker on Linux): target/image/
+	$(USING)
+ifeq ($(BUILD),bazel)
+# The distroless-based image of services/server/BUILD.bazel, as the same archive.
+	$(BAZEL) build --config=release --output_groups=+tarball //services/server:load
+	mkdir -p target/image
+	install -m 644 "$$($(BAZEL) cquery --config=release --output_groups=tarball --output=files \
+	  //services/server:load)" target/image/setpoint-server.tar
+else ifeq ($(IMAGE_BUILDER),docker)
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) REVISION=$(REVISION) tools/image-in-docker.sh
 else
 	RUSTFLAGS='-C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/setpoint --remap-path-prefix=$(HOME)=/home' \
@@ -85,6 +118,7 @@ image-reproducible: image ## Build the image again from a clean clone elsewhere;
 
 .PHONY: deploy
 deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rollout, smoke test (KIND_OFFLINE=1: no registry)
+	$(USING)
 	tools/deploy/deploy.sh up
 
 .PHONY: kind-node
@@ -121,13 +155,16 @@ $(CARGO_CYCLONEDX):
 	$(CARGO) install --locked --quiet cargo-cyclonedx@$(CARGO_CYCLONEDX_VERSION) --root $(TOOLS_CACHE)/cargo-cyclonedx-$(CARGO_CYCLONEDX_VERSION)
 
 .PHONY: lint
-lint: ## rustfmt check, clippy with warnings as errors
+lint: ## rustfmt, clippy (warnings are errors), buildifier, actionlint, the Bazel files against Cargo
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	lint=$$(tools/lint/build.sh) && $$lint/buildifier --mode=check --lint=warn -r . && $$lint/actionlint
+	$(CARGO) test --locked --quiet -p bazelcheck
 
 .PHONY: fmt
-fmt: ## Format the Rust code
+fmt: ## Format the Rust code and the Bazel files
 	$(CARGO) fmt --all
+	lint=$$(tools/lint/build.sh) && $$lint/buildifier -r .
 
 .PHONY: crds
 crds: ## Regenerate k8s/base/crd.yaml from the Rust types

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../protos");
+    // Read when the script runs (not compiled in): Bazel runs it in another sandbox.
+    let protos = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../protos");
     let proto = protos.join("setpoint/v1/setpoint.proto");
     println!("cargo:rerun-if-changed={}", protos.display());
 

@@ -24,7 +24,16 @@ pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "admission.y
 pub const NAMESPACE: &str = "setpoint";
 pub const SERVICE_ACCOUNT: &str = "setpoint";
 
+/// The checkout, for `k8s/`: under `bazel run` the workspace, under `bazel test` the
+/// runfiles (which hold `k8s/` as data), else the folder Cargo built from.
 pub fn repository_root() -> PathBuf {
+    let var = std::env::var_os;
+    if let Some(workspace) = var("BUILD_WORKSPACE_DIRECTORY") {
+        return workspace.into();
+    }
+    if let (Some(runfiles), Some(workspace)) = (var("TEST_SRCDIR"), var("TEST_WORKSPACE")) {
+        return Path::new(&runfiles).join(workspace);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 

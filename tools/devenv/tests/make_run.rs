@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn binary(name: &str) -> PathBuf {
+/// A workspace binary: under Bazel its path comes in `bazel_path` (rules_rust sets
+/// `CARGO_BIN_EXE_<name>` for binaries given as data); under Cargo, the target folder.
+fn binary(name: &str, bazel_path: Option<&str>) -> PathBuf {
+    if let Some(path) = bazel_path {
+        return path.into();
+    }
     // target/debug/deps/make_run-<hash> → target/debug/<name>
     let path = std::env::current_exe()
         .expect("test binary path")
@@ -69,11 +74,14 @@ fn read_env(path: &Path) -> Vec<(String, String)> {
 }
 
 fn setpointctl(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(binary("setpointctl"))
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .output()
-        .expect("run setpointctl")
+    Command::new(binary(
+        "setpointctl",
+        option_env!("CARGO_BIN_EXE_setpointctl"),
+    ))
+    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    .args(args)
+    .output()
+    .expect("run setpointctl")
 }
 
 fn stdout(output: &Output) -> String {
@@ -125,7 +133,11 @@ fn make_run_serves_the_cli_and_stops_cleanly() {
         .arg(format!("--dir={}", dir.path().display()))
         .arg(format!(
             "--server-bin={}",
-            binary("setpoint-server").display()
+            binary(
+                "setpoint-server",
+                option_env!("CARGO_BIN_EXE_setpoint-server")
+            )
+            .display()
         ))
         .arg(format!("--listen=127.0.0.1:{}", free_port()))
         .arg(format!("--http-listen=127.0.0.1:{}", free_port()))

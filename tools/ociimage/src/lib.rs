@@ -14,10 +14,28 @@ use sha2::{Digest, Sha256};
 pub const USER: &str = "65532:65532";
 /// Where the binary lives in the image.
 pub const ENTRYPOINT: &str = "/setpoint-server";
+/// The server's default listeners: gRPC (mTLS) and HTTP (health, metrics).
+pub const EXPOSED_PORTS: &[&str] = &["8443/tcp", "8081/tcp"];
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Where the source code is (the `source` label's default).
+pub const SOURCE: &str = "https://github.com/setpoint-dev/setpoint";
+
+/// The image's `org.opencontainers.image.*` labels (without the prefix): the fixed ones
+/// and those given for each build. The Bazel image (`services/server/BUILD.bazel`) has
+/// the same; `tools/bazelcheck` tests that.
+pub fn labels<'a>(version: &'a str, source: &'a str, revision: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("title", "setpoint-server"),
+        ("version", version),
+        ("source", source),
+        ("revision", revision),
+        ("licenses", "Apache-2.0"),
+    ]
+}
 
 /// What goes into the image besides the binary.
 pub struct ImageSpec<'a> {
@@ -97,6 +115,10 @@ pub fn build(binary: &[u8], spec: &ImageSpec) -> Result<Image, Error> {
         .iter()
         .map(|(key, value)| (format!("org.opencontainers.image.{key}"), json!(value)))
         .collect();
+    let ports: serde_json::Map<String, serde_json::Value> = EXPOSED_PORTS
+        .iter()
+        .map(|port| (port.to_string(), json!({})))
+        .collect();
     let created = rfc3339(spec.created);
     let config = json!({
         "architecture": architecture,
@@ -105,6 +127,7 @@ pub fn build(binary: &[u8], spec: &ImageSpec) -> Result<Image, Error> {
         "config": {
             "User": USER,
             "Entrypoint": [ENTRYPOINT],
+            "ExposedPorts": ports,
             "Labels": labels,
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
@@ -308,6 +331,7 @@ mod tests {
         assert_eq!(config["os"], "linux");
         assert_eq!(config["config"]["User"], USER);
         assert_eq!(config["config"]["Entrypoint"][0], ENTRYPOINT);
+        assert_eq!(config["config"]["ExposedPorts"]["8443/tcp"], json!({}));
         assert_eq!(
             config["config"]["Labels"]["org.opencontainers.image.version"],
             "0.1.0"

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     image_version: String,
     /// org.opencontainers.image.source label.
-    #[arg(long, default_value = "https://github.com/setpoint-dev/setpoint")]
+    #[arg(long, default_value = ociimage::SOURCE)]
     source: String,
     /// org.opencontainers.image.revision label (e.g. the git commit).
     #[arg(long, default_value = "unknown")]
@@ -43,13 +43,7 @@ fn main() -> anyhow::Result<()> {
         &ociimage::ImageSpec {
             tag: &args.tag,
             created: args.source_date_epoch,
-            labels: &[
-                ("title", "setpoint-server"),
-                ("version", &args.image_version),
-                ("source", &args.source),
-                ("revision", &args.revision),
-                ("licenses", "Apache-2.0"),
-            ],
+            labels: &ociimage::labels(&args.image_version, &args.source, &args.revision),
         },
     )
     .with_context(|| format!("{} cannot be the image's binary", args.binary.display()))?;
