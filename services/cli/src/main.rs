@@ -1,4 +1,5 @@
-//! `setpointctl`: list, get and set Deployment replicas through the Setpoint API.
+//! `setpointctl`: list, get and set Deployment replicas, and release Deployments, through
+//! the Setpoint API.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{
     DeploymentRef, DeploymentReplicas, GetReplicasRequest, ListDeploymentsRequest, ReconcileState,
-    SetReplicasRequest,
+    ReleaseDeploymentRequest, SetReplicasRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -84,6 +85,18 @@ enum Command {
         /// only if there is no setpoint yet.
         #[arg(long)]
         expected_version: Option<String>,
+        /// Check the write (validation, authorization, HPA, protected namespaces,
+        /// --expected-version) and show the result without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop Setpoint managing a Deployment (delete its setpoint); its replicas stay.
+    Release {
+        /// NAMESPACE/NAME of the Deployment.
+        deployment: String,
+        /// Only release if the setpoint is still at this version (from `get`).
+        #[arg(long)]
+        expected_version: Option<String>,
     },
 }
 
@@ -140,15 +153,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             deployment,
             replicas,
             expected_version,
+            dry_run,
         } => {
             let response = client
                 .set_replicas(SetReplicasRequest {
                     deployment: Some(parse_ref(&deployment)?),
                     replicas,
                     expected_version,
+                    dry_run,
                 })
                 .await
                 .map_err(status_error)?;
+            if dry_run {
+                eprintln!("dry run: nothing was stored");
+            }
+            response.into_inner().replicas.into_iter().collect()
+        }
+        Command::Release {
+            deployment,
+            expected_version,
+        } => {
+            let response = client
+                .release_deployment(ReleaseDeploymentRequest {
+                    deployment: Some(parse_ref(&deployment)?),
+                    expected_version,
+                })
+                .await
+                .map_err(status_error)?;
+            eprintln!("released {deployment}: Setpoint no longer manages it");
             response.into_inner().replicas.into_iter().collect()
         }
     };

@@ -76,6 +76,9 @@ pub enum Error {
     NotSynced,
     #[error("deployment {0} not found")]
     DeploymentNotFound(DeploymentKey),
+    /// ReleaseDeployment of a Deployment that has no setpoint.
+    #[error("deployment {0} has no setpoint: Setpoint does not manage it")]
+    NotManaged(DeploymentKey),
     /// A HorizontalPodAutoscaler scales the Deployment; Setpoint does not fight it.
     #[error(
         "deployment {key} is scaled by HorizontalPodAutoscaler {autoscaler}; change its \

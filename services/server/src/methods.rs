@@ -16,6 +16,7 @@ static METHODS: LazyLock<Vec<(String, Permission)>> = LazyLock::new(|| {
         (replicas, "ListDeployments", Permission::Read),
         (replicas, "GetReplicas", Permission::Read),
         (replicas, "SetReplicas", Permission::Write),
+        (replicas, "ReleaseDeployment", Permission::Write),
         (health, "Check", Permission::Read),
         (health, "Watch", Permission::Read),
     ]
@@ -43,6 +44,10 @@ mod tests {
         let permission = |path| lookup(path).map(|(_, permission)| permission);
         assert_eq!(
             permission("/setpoint.v1.ReplicaService/SetReplicas"),
+            Some(Permission::Write)
+        );
+        assert_eq!(
+            permission("/setpoint.v1.ReplicaService/ReleaseDeployment"),
             Some(Permission::Write)
         );
         assert_eq!(

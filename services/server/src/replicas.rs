@@ -1,11 +1,13 @@
-//! The API's operations in domain terms: list, get and set replica counts for an
-//! authorized [`Caller`]. Reads come from the watch cache; a set validates, refuses
-//! Deployments an HPA scales, spends from the caller's write budget, stores the setpoint
-//! with a compare-and-swap and leaves an audit event. No gRPC types: [`crate::grpc`] turns messages into these calls.
+//! The API's operations in domain terms: list, get and set replica counts, and release a
+//! Deployment, for an authorized [`Caller`]. Reads come from the watch cache; a set
+//! validates, refuses Deployments an HPA scales, spends from the caller's write budget,
+//! stores the setpoint with a compare-and-swap and leaves an audit event (a dry run stops
+//! before spending and storing); a release deletes the setpoint the same way. No gRPC types: [`crate::grpc`] turns messages into these calls.
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ pub struct SetRequest {
     pub replicas: i32,
     /// Only write if the setpoint is at this version ("" = no setpoint yet).
     pub expected_version: Option<String>,
+    /// Check everything, write nothing.
+    pub dry_run: bool,
 }
 
 pub struct Replicas {
@@ -111,61 +115,120 @@ impl Replicas {
     }
 
     /// Stores the setpoint and answers with the Deployment as the stored setpoint sees
-    /// it. The audit log gets the intent before anything is written and the outcome
-    /// after. The work runs in a task of its own, so a caller that cancels or runs out
-    /// of time cannot cut a write off from its audit event; `write_timeout` bounds it.
+    /// it (with `dry_run`, as it would see it).
     pub async fn set(
         self: &Arc<Self>,
         caller: Caller,
         request: SetRequest,
     ) -> Result<DeploymentView, Error> {
+        let (key, dry_run) = (request.key.clone(), request.dry_run);
+        let (requested, expected) = (request.replicas, request.expected_version.clone());
+        let (replicas, writer) = (Arc::clone(self), caller.clone());
+        let write = async move { replicas.store(&writer, &request).await };
+        self.audited(
+            "SetReplicas",
+            &caller,
+            &key,
+            dry_run,
+            requested,
+            expected,
+            write,
+        )
+        .await
+    }
+
+    /// Deletes the setpoint, so the reconciler leaves the Deployment alone; answers with
+    /// the Deployment, if it exists, as unmanaged.
+    pub async fn release(
+        self: &Arc<Self>,
+        caller: Caller,
+        key: DeploymentKey,
+        expected_version: Option<String>,
+    ) -> Result<Option<DeploymentView>, Error> {
+        let (replicas, writer) = (Arc::clone(self), caller.clone());
+        let (target, expected) = (key.clone(), expected_version.clone());
+        let write = async move {
+            replicas
+                .unmanage(&writer, &target, expected.as_deref())
+                .await
+        };
+        self.audited(
+            "ReleaseDeployment",
+            &caller,
+            &key,
+            false,
+            None,
+            expected_version,
+            write,
+        )
+        .await
+    }
+
+    /// Runs a write in a task of its own, so a caller that cancels or runs out of time
+    /// cannot cut it off from its audit event; `write_timeout` bounds it. The audit log
+    /// gets the intent before anything is written and the outcome (with the previous and
+    /// the new desired replicas) after.
+    #[allow(clippy::too_many_arguments)]
+    async fn audited<T: Send + 'static>(
+        &self,
+        method: &'static str,
+        caller: &Caller,
+        key: &DeploymentKey,
+        dry_run: bool,
+        requested: impl Into<Option<i32>>,
+        expected_version: Option<String>,
+        write: impl Future<Output = Result<(Option<i32>, Option<i32>, T), Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (identity, deployment) = (caller.identity.clone(), key.clone());
         tracing::info!(
             target: AUDIT,
-            identity = %caller.identity,
-            deployment = %request.key,
-            requested = request.replicas,
-            expected_version = request.expected_version.as_deref(),
-            "SetReplicas requested"
+            %identity,
+            %deployment,
+            requested = requested.into(),
+            expected_version,
+            dry_run,
+            "{method} requested"
         );
-        let replicas = Arc::clone(self);
+        let after = self.write_timeout;
         let write = async move {
-            let after = replicas.write_timeout;
-            let result = tokio::time::timeout(after, replicas.store(&caller, &request))
+            let result = tokio::time::timeout(after, write)
                 .await
                 .unwrap_or(Err(Error::Timeout {
                     what: "the write",
                     after,
                 }));
-            let (identity, deployment) = (&caller.identity, &request.key);
             match &result {
-                Ok((previous, stored)) => tracing::info!(
+                Ok((previous, desired, _)) => tracing::info!(
                     target: AUDIT,
                     %identity,
                     %deployment,
                     previous = ?previous,
-                    desired = stored.desired_replicas,
+                    desired = *desired,
+                    dry_run,
                     result = "ok",
-                    "SetReplicas"
+                    "{method}"
                 ),
                 Err(error) => tracing::info!(
                     target: AUDIT,
                     %identity,
                     %deployment,
+                    dry_run,
                     result = %error,
-                    "SetReplicas"
+                    "{method}"
                 ),
             }
-            result.map(|(_, stored)| stored)
+            result.map(|(_, _, answer)| answer)
         };
         self.writes.spawn(write.in_current_span()).await?
     }
 
-    /// Validates and stores; returns the previous desired value with the answer.
+    /// Validates and stores (not with `dry_run`); returns the previous and the new desired
+    /// value with the answer.
     async fn store(
         &self,
         caller: &Caller,
         request: &SetRequest,
-    ) -> Result<(Option<i32>, DeploymentView), Error> {
+    ) -> Result<(Option<i32>, Option<i32>, DeploymentView), Error> {
         let key = &request.key;
         caller.check_write(&key.namespace, &self.protected_namespaces)?;
         validate_replicas(request.replicas, self.max_replicas)?;
@@ -181,18 +244,53 @@ impl Replicas {
             }
             .into());
         }
-        self.write_limiter
-            .acquire(&caller.identity, Instant::now())?;
         let spec = ReplicaSetpointSpec {
             replicas: request.replicas,
             deployment_uid: deployment.uid.clone(),
         };
-        let (previous, stored) =
-            store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?;
+        let (previous, stored) = if request.dry_run {
+            // The setpoint as the cache has it, with the new spec; the version is checked
+            // against the cache.
+            let current = self.cache.setpoint(key);
+            check_version(key, current.as_deref(), request.expected_version.as_deref())?;
+            let previous = current.as_ref().map(|setpoint| setpoint.spec.replicas);
+            let mut desired = current.map_or_else(
+                || ReplicaSetpoint::new(&key.name, spec.clone()),
+                |current| (*current).clone(),
+            );
+            desired.spec = spec;
+            (previous, desired)
+        } else {
+            self.write_limiter
+                .acquire(&caller.identity, Instant::now())?;
+            store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?
+        };
         Ok((
             previous,
+            Some(stored.spec.replicas),
             view::view(key.clone(), &deployment, Some(&stored)),
         ))
+    }
+
+    /// Checks, then deletes the setpoint; returns its desired value with the answer.
+    async fn unmanage(
+        &self,
+        caller: &Caller,
+        key: &DeploymentKey,
+        expected_version: Option<&str>,
+    ) -> Result<(Option<i32>, Option<i32>, Option<DeploymentView>), Error> {
+        caller.check_write(&key.namespace, &self.protected_namespaces)?;
+        let deployments = self.cache.deployments()?;
+        if self.cache.setpoint(key).is_none() {
+            return Err(setpoint_core::Error::NotManaged(key.clone()).into());
+        }
+        self.write_limiter
+            .acquire(&caller.identity, Instant::now())?;
+        let previous = delete_setpoint(&self.client, key, expected_version).await?;
+        let answer = deployments
+            .get(key)
+            .map(|deployment| view::view(key.clone(), &deployment, None));
+        Ok((Some(previous), None, answer))
     }
 }
 
@@ -209,17 +307,7 @@ async fn store_setpoint(
     let api = Api::<ReplicaSetpoint>::namespaced(client.clone(), &key.namespace);
     for _ in 0..WRITE_ATTEMPTS {
         let current = api.get_opt(&key.name).await?;
-        if let Some(expected) = expected_version {
-            let actual = current.as_ref().map(setpoint_version).unwrap_or_default();
-            if actual != expected {
-                return Err(setpoint_core::Error::VersionMismatch {
-                    key: key.clone(),
-                    actual,
-                    expected: expected.into(),
-                }
-                .into());
-            }
-        }
+        check_version(key, current.as_ref(), expected_version)?;
         let mut desired = ReplicaSetpoint::new(&key.name, spec.clone());
         let written = match &current {
             None => {
@@ -248,6 +336,64 @@ async fn store_setpoint(
         attempts: WRITE_ATTEMPTS,
     }
     .into())
+}
+
+/// Read-compare-delete of the setpoint: the delete is conditional on the resourceVersion
+/// that was compared, so a concurrent write makes it retry. Returns the deleted desired
+/// value.
+async fn delete_setpoint(
+    client: &Client,
+    key: &DeploymentKey,
+    expected_version: Option<&str>,
+) -> Result<i32, Error> {
+    let api = Api::<ReplicaSetpoint>::namespaced(client.clone(), &key.namespace);
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(current) = api.get_opt(&key.name).await? else {
+            return Err(setpoint_core::Error::NotManaged(key.clone()).into());
+        };
+        check_version(key, Some(&current), expected_version)?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: current.metadata.resource_version.clone(),
+                uid: current.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&key.name, &params).await {
+            Ok(_) => return Ok(current.spec.replicas),
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(setpoint_core::Error::WriteContention {
+        key: key.clone(),
+        attempts: WRITE_ATTEMPTS,
+    }
+    .into())
+}
+
+/// `expected` (if given) against the setpoint's version ("" when there is none).
+fn check_version(
+    key: &DeploymentKey,
+    current: Option<&ReplicaSetpoint>,
+    expected: Option<&str>,
+) -> Result<(), Error> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let actual = current.map(setpoint_version).unwrap_or_default();
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(setpoint_core::Error::VersionMismatch {
+            key: key.clone(),
+            actual,
+            expected: expected.into(),
+        }
+        .into())
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{
-    DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState, SetReplicasRequest,
+    DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState,
+    ReleaseDeploymentRequest, SetReplicasRequest,
 };
 use setpoint_k8s::ReplicaSetpoint;
 use support::{
@@ -224,6 +225,21 @@ async fn protected_namespaces_need_a_binding_that_names_them() {
         "{}",
         denied.message()
     );
+    for refused in [
+        operator
+            .set_replicas(dry_run(&protected, "web", 0))
+            .await
+            .err(),
+        operator
+            .release_deployment(release(&protected, "web", None))
+            .await
+            .err(),
+    ] {
+        assert_eq!(
+            refused.map(|status| status.code()),
+            Some(Code::PermissionDenied)
+        );
+    }
     assert!(
         get(&mut operator, &protected, "web").await.is_ok(),
         "reads stay"
@@ -356,7 +372,7 @@ async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
             SetReplicasRequest {
                 deployment: None,
                 replicas: 1,
-                expected_version: None,
+                ..SetReplicasRequest::default()
             },
             Code::InvalidArgument,
             "deployment is required",
@@ -670,6 +686,170 @@ async fn racing_writers_with_the_same_expected_version_have_one_winner() {
     );
 }
 
+fn dry_run(namespace: &str, name: &str, replicas: i32) -> SetReplicasRequest {
+    SetReplicasRequest {
+        dry_run: true,
+        ..set_request(namespace, name, replicas)
+    }
+}
+
+fn release(
+    namespace: &str,
+    name: &str,
+    expected_version: Option<&str>,
+) -> ReleaseDeploymentRequest {
+    ReleaseDeploymentRequest {
+        deployment: reference(namespace, name),
+        expected_version: expected_version.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
+    let logs = support::logs();
+    let namespace = namespace_with("dry-run", &[("web", 1)]).await;
+    // A budget of one write: dry runs must not spend it.
+    let server =
+        Setpoint::start_with("setpoint", &["--writes-per-minute=1", "--write-burst=1"]).await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+
+    for _ in 0..3 {
+        let answer = operator
+            .set_replicas(dry_run(&namespace, "web", 3))
+            .await
+            .expect("the write would succeed")
+            .into_inner()
+            .replicas
+            .expect("replicas");
+        assert_eq!(answer.desired_replicas, Some(3));
+        assert_eq!(answer.spec_replicas, 1);
+    }
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+    assert!(
+        setpoints.get_opt("web").await.expect("read").is_none(),
+        "nothing stored"
+    );
+
+    let refusals = [
+        (dry_run(&namespace, "web", -1), Code::InvalidArgument),
+        (dry_run(&namespace, "absent", 1), Code::NotFound),
+        (
+            SetReplicasRequest {
+                expected_version: Some("some-uid/1".into()),
+                ..dry_run(&namespace, "web", 2)
+            },
+            Code::Aborted,
+        ),
+    ];
+    for (request, code) in refusals {
+        let status = operator.set_replicas(request).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{status}");
+    }
+    let mut viewer = server.client(VIEWER).await;
+    let denied = viewer
+        .set_replicas(dry_run(&namespace, "web", 2))
+        .await
+        .expect_err("a viewer may not write, not even in a dry run");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // The budget is whole: the one real write goes through.
+    operator
+        .set_replicas(set_request(&namespace, "web", 4))
+        .await
+        .expect("the budget was not spent by dry runs");
+    let dry_runs = logs
+        .events("setpoint::audit")
+        .into_iter()
+        .filter(|event| {
+            event["deployment"] == format!("{namespace}/web")
+                && event["dry_run"] == true
+                && event["result"] == "ok"
+        })
+        .count();
+    assert_eq!(dry_runs, 3, "each dry run audited as one");
+}
+
+#[tokio::test]
+async fn release_stops_management_with_a_version_precondition() {
+    let logs = support::logs();
+    let namespace = namespace_with("release", &[("web", 1), ("api", 1)]).await;
+    let server = Setpoint::start("setpoint").await;
+    server.wait_until_ready().await;
+    let mut operator = server.client(OPERATOR).await;
+
+    let unmanaged = operator
+        .release_deployment(release(&namespace, "api", None))
+        .await
+        .expect_err("api has no setpoint");
+    assert_eq!(unmanaged.code(), Code::NotFound);
+    assert!(
+        unmanaged.message().contains("no setpoint"),
+        "{}",
+        unmanaged.message()
+    );
+
+    let stored = operator
+        .set_replicas(set_request(&namespace, "web", 2))
+        .await
+        .expect("set")
+        .into_inner()
+        .replicas
+        .expect("replicas");
+    testenv::wait_for("the setpoint to reach the cache", || async {
+        let seen = get(&mut operator.clone(), &namespace, "web").await.ok()?;
+        (seen.desired_replicas == Some(2)).then_some(())
+    })
+    .await;
+
+    let mut viewer = server.client(VIEWER).await;
+    let denied = viewer
+        .release_deployment(release(&namespace, "web", None))
+        .await
+        .expect_err("viewers may not release");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let stale = operator
+        .release_deployment(release(&namespace, "web", Some("other-uid/9")))
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.code(), Code::Aborted);
+    let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
+    assert!(
+        setpoints.get_opt("web").await.expect("read").is_some(),
+        "kept"
+    );
+
+    let released = operator
+        .release_deployment(release(&namespace, "web", Some(&stored.version)))
+        .await
+        .expect("released")
+        .into_inner()
+        .replicas
+        .expect("the Deployment exists");
+    assert_eq!(released.reconcile_state(), ReconcileState::Unmanaged);
+    assert_eq!(released.desired_replicas, None);
+    assert!(
+        setpoints.get_opt("web").await.expect("read").is_none(),
+        "deleted"
+    );
+    testenv::wait_for("the cache to see the release", || async {
+        let seen = get(&mut operator.clone(), &namespace, "web").await.ok()?;
+        (seen.reconcile_state() == ReconcileState::Unmanaged).then_some(())
+    })
+    .await;
+    let again = operator
+        .release_deployment(release(&namespace, "web", None))
+        .await
+        .expect_err("already released");
+    assert_eq!(again.code(), Code::NotFound);
+    assert!(logs.events("setpoint::audit").iter().any(|event| {
+        event["deployment"] == format!("{namespace}/web")
+            && event["message"] == "ReleaseDeployment"
+            && event["result"] == "ok"
+            && event["previous"] == "Some(2)"
+    }));
+}
+
 #[tokio::test]
 async fn deployments_scaled_by_an_hpa_are_refused() {
     let namespace = namespace_with("hpa", &[("web", 1)]).await;
@@ -697,6 +877,12 @@ async fn deployments_scaled_by_an_hpa_are_refused() {
         "{}",
         refused.message()
     );
+    let dry = client
+        .clone()
+        .set_replicas(dry_run(&namespace, "web", 3))
+        .await
+        .expect_err("a dry run is refused too");
+    assert_eq!(dry.code(), Code::FailedPrecondition);
 }
 
 #[tokio::test]

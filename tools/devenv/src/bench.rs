@@ -728,7 +728,7 @@ async fn writes(
                     name: name.clone(),
                 }),
                 replicas,
-                expected_version: None,
+                ..SetReplicasRequest::default()
             })
             .await?;
         let returned = Instant::now();

@@ -624,7 +624,7 @@ async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> an
         (
             "setpoint.dev",
             "replicasetpoints",
-            &["get", "list", "watch", "create", "patch"],
+            &["get", "list", "watch", "create", "patch", "delete"],
             "*",
         ),
         ("setpoint.dev", "replicasetpoints/status", &["patch"], "*"),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use setpoint_api::v1::replica_service_server::ReplicaService;
 use setpoint_api::v1::{
     GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
-    SetReplicasRequest, SetReplicasResponse,
+    ReleaseDeploymentRequest, ReleaseDeploymentResponse, SetReplicasRequest, SetReplicasResponse,
 };
 use setpoint_core::{Caller, DeploymentKey};
 use tonic::{Request, Response, Status};
@@ -75,11 +75,28 @@ impl ReplicaService for ReplicaApi {
                     key,
                     replicas: request.replicas,
                     expected_version: request.expected_version,
+                    dry_run: request.dry_run,
                 },
             )
             .await?;
         Ok(Response::new(SetReplicasResponse {
             replicas: Some(convert::replicas(stored)),
+        }))
+    }
+
+    async fn release_deployment(
+        &self,
+        request: Request<ReleaseDeploymentRequest>,
+    ) -> Result<Response<ReleaseDeploymentResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let key = target(request.deployment.as_ref())?;
+        let released = self
+            .0
+            .release(caller, key, request.expected_version)
+            .await?;
+        Ok(Response::new(ReleaseDeploymentResponse {
+            replicas: released.map(convert::replicas),
         }))
     }
 }

@@ -47,7 +47,7 @@ fn domain_code(error: &Domain) -> Code {
         | Domain::ProtectedNamespace { .. } => Code::PermissionDenied,
         Domain::RateLimited { .. } => Code::ResourceExhausted,
         Domain::NotSynced => Code::Unavailable,
-        Domain::DeploymentNotFound(_) => Code::NotFound,
+        Domain::DeploymentNotFound(_) | Domain::NotManaged(_) => Code::NotFound,
         Domain::ManagedByAutoscaler { .. } => Code::FailedPrecondition,
         Domain::VersionMismatch { .. } | Domain::WriteContention { .. } => Code::Aborted,
     }
@@ -148,6 +148,7 @@ mod tests {
             ),
             (Domain::NotSynced, Code::Unavailable),
             (Domain::DeploymentNotFound(key.clone()), Code::NotFound),
+            (Domain::NotManaged(key.clone()), Code::NotFound),
             (
                 Domain::ManagedByAutoscaler {
                     key: key.clone(),

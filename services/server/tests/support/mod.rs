@@ -362,7 +362,7 @@ pub fn set_request(namespace: &str, name: &str, replicas: i32) -> SetReplicasReq
             name: name.into(),
         }),
         replicas,
-        expected_version: None,
+        ..SetReplicasRequest::default()
     }
 }
 
