@@ -1,16 +1,17 @@
-//! `setpointctl`: list, get and set Deployment replicas, and release Deployments, through
-//! the Setpoint API.
+//! `setpointctl`: list, watch, get and set Deployment replicas, and release Deployments,
+//! through the Setpoint API.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
 use setpoint_api::v1::{
     DeploymentRef, DeploymentReplicas, GetReplicasRequest, ListDeploymentsRequest, ReconcileState,
-    ReleaseDeploymentRequest, SetReplicasRequest,
+    ReleaseDeploymentRequest, SetReplicasRequest, WatchDeploymentsRequest,
+    WatchDeploymentsResponse, WatchEventType,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -30,19 +31,19 @@ struct Cli {
     /// --server (e.g. a node address and NodePort in front of the Service).
     #[arg(long, env = "SETPOINT_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
-    /// PEM CA bundle that issued the server certificate.
+    /// PEM CA bundle that issued the server certificate (required to connect).
     #[arg(long, env = "SETPOINT_CA")]
-    ca: PathBuf,
-    /// PEM client certificate.
+    ca: Option<PathBuf>,
+    /// PEM client certificate (required to connect).
     #[arg(long, env = "SETPOINT_CERT")]
-    cert: PathBuf,
-    /// PEM private key of the client certificate.
+    cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (required to connect).
     #[arg(long, env = "SETPOINT_KEY")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     output: Output,
-    /// Time limit for connecting and for each request, in seconds.
+    /// Time limit for connecting and for each request (a watch: its start), in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
     #[command(subcommand)]
@@ -69,6 +70,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         page_size: i32,
     },
+    /// Follow Deployments: the current state, then one line per change (Ctrl-C stops).
+    /// Picks up where it left off when the server drops the stream.
+    Watch {
+        /// Only this namespace (default: all).
+        #[arg(long, short)]
+        namespace: Option<String>,
+        /// Label selector, e.g. `app=web,tier in (a,b)`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
     /// Show one Deployment's replicas and setpoint.
     Get {
         /// NAMESPACE/NAME of the Deployment.
@@ -87,8 +98,13 @@ enum Command {
         expected_version: Option<String>,
         /// Check the write (validation, authorization, HPA, protected namespaces,
         /// --expected-version) and show the result without storing anything.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         dry_run: bool,
+        /// Then wait until the Deployment is reconciled, showing progress, for at most
+        /// TIMEOUT (e.g. 90s, 5m; default 5m); fails with the reason if it cannot be.
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+              default_missing_value = "5m", value_parser = parse_duration)]
+        wait: Option<Duration>,
     },
     /// Stop Setpoint managing a Deployment (delete its setpoint); its replicas stay.
     Release {
@@ -98,6 +114,8 @@ enum Command {
         #[arg(long)]
         expected_version: Option<String>,
     },
+    /// Print a completion script: `source <(setpointctl completion bash)`.
+    Completion { shell: clap_complete::Shell },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -113,8 +131,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "setpointctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     let mut client = connect(&cli).await?;
     let rows = match cli.command {
+        Command::Completion { .. } => unreachable!("handled above"),
+        Command::Watch {
+            namespace,
+            selector,
+        } => {
+            let request = WatchDeploymentsRequest {
+                namespace: namespace.unwrap_or_default(),
+                label_selector: selector.unwrap_or_default(),
+                resume_token: String::new(),
+            };
+            return follow(&mut client, request, |message| {
+                print_event(cli.output, &message);
+                true
+            })
+            .await;
+        }
         Command::List {
             namespace,
             selector,
@@ -154,10 +197,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             replicas,
             expected_version,
             dry_run,
+            wait,
         } => {
+            let target = parse_ref(&deployment)?;
             let response = client
                 .set_replicas(SetReplicasRequest {
-                    deployment: Some(parse_ref(&deployment)?),
+                    deployment: Some(target.clone()),
                     replicas,
                     expected_version,
                     dry_run,
@@ -167,7 +212,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if dry_run {
                 eprintln!("dry run: nothing was stored");
             }
-            response.into_inner().replicas.into_iter().collect()
+            let rows = response.into_inner().replicas.into_iter().collect();
+            if let Some(timeout) = wait {
+                wait_reconciled(&mut client, &target, replicas, timeout).await?;
+            }
+            rows
         }
         Command::Release {
             deployment,
@@ -192,14 +241,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<ReplicaServiceClient<Channel>> {
-    let read = |what: &str, path: &Path| {
+    let read = |what: &str, flag: &str, path: &Option<PathBuf>| {
+        let path: &Path = path.as_deref().with_context(|| {
+            format!("{what}: give --{flag} or SETPOINT_{}", flag.to_uppercase())
+        })?;
         std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
     };
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("CA bundle", &cli.ca)?))
+        .ca_certificate(Certificate::from_pem(read("CA bundle", "ca", &cli.ca)?))
         .identity(Identity::from_pem(
-            read("client certificate", &cli.cert)?,
-            read("client key", &cli.key)?,
+            read("client certificate", "cert", &cli.cert)?,
+            read("client key", "key", &cli.key)?,
         ));
     if let Some(name) = &cli.tls_server_name {
         tls = tls.domain_name(name);
@@ -256,6 +308,154 @@ fn code_name(code: tonic::Code) -> &'static str {
         Code::ResourceExhausted => "resource exhausted",
         Code::DeadlineExceeded => "deadline exceeded",
         _ => "error",
+    }
+}
+
+/// Runs a watch, handing each message to `handle` until it returns false. When the
+/// server drops the stream (it stops, or this client read too slowly) the watch resumes
+/// after the last message; when the server no longer knows that point, it starts over.
+async fn follow(
+    client: &mut ReplicaServiceClient<Channel>,
+    mut request: WatchDeploymentsRequest,
+    mut handle: impl FnMut(WatchDeploymentsResponse) -> bool,
+) -> anyhow::Result<()> {
+    use tonic::Code;
+    loop {
+        let ended = match client.watch_deployments(request.clone()).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            request.resume_token = message.resume_token.clone();
+                            if !handle(message) {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => break tonic::Status::unavailable("the server ended the watch"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        match ended.code() {
+            Code::Unavailable | Code::ResourceExhausted if !request.resume_token.is_empty() => {}
+            Code::OutOfRange => request.resume_token.clear(),
+            _ => return Err(status_error(ended)),
+        }
+        eprintln!("watch interrupted ({}); resuming", status_error(ended));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until `target` is reconciled at `replicas`, printing each state it passes.
+async fn wait_reconciled(
+    client: &mut ReplicaServiceClient<Channel>,
+    target: &DeploymentRef,
+    replicas: i32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let key = format!("{}/{}", target.namespace, target.name);
+    let request = WatchDeploymentsRequest {
+        namespace: target.namespace.clone(),
+        ..WatchDeploymentsRequest::default()
+    };
+    let mut outcome = Err(anyhow::anyhow!("the watch ended"));
+    let mut last = String::from("unknown");
+    let watched = follow(client, request, |message| {
+        let kind = message.r#type();
+        let Some(row) = message
+            .replicas
+            .filter(|row| row.deployment.as_ref() == Some(target))
+        else {
+            return true;
+        };
+        if kind == WatchEventType::Deleted {
+            outcome = Err(anyhow::anyhow!("{key} was deleted"));
+            return false;
+        }
+        last = state_name(&row).to_owned();
+        eprintln!(
+            "{key}: {last}, {} of {} replicas ready, desired {}",
+            row.ready_replicas,
+            row.spec_replicas,
+            row.desired_replicas
+                .map_or("-".into(), |desired| desired.to_string())
+        );
+        let failed = |why: &str| Err(anyhow::anyhow!("{key} {why}: {}", row.reconcile_message));
+        outcome = match ReconcileState::try_from(row.reconcile_state) {
+            Ok(ReconcileState::Reconciled) if row.desired_replicas == Some(replicas) => Ok(()),
+            Ok(ReconcileState::Failed) => failed("failed to reconcile"),
+            Ok(ReconcileState::ManagedByHpa) => failed("is scaled by an HPA"),
+            Ok(ReconcileState::TargetReplaced) => failed("was replaced"),
+            Ok(ReconcileState::Unmanaged) => failed("is no longer managed"),
+            _ => return true,
+        };
+        false
+    });
+    match tokio::time::timeout(timeout, watched).await {
+        Ok(watched) => watched.and(outcome),
+        Err(_) => {
+            bail!("timed out after {timeout:?} waiting for {key} to be reconciled (last: {last})")
+        }
+    }
+}
+
+/// `90s`, `5m`, `1h`, or seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a duration such as 90s, 5m or 1h"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .map(|number| Duration::from_secs(number * seconds))
+        .map_err(|_| format!("{text:?}: expected a duration such as 90s, 5m or 1h"))
+}
+
+fn print_event(output: Output, message: &WatchDeploymentsResponse) {
+    let kind = match message.r#type() {
+        WatchEventType::Initial => "INITIAL",
+        WatchEventType::Synced => "SYNCED",
+        WatchEventType::Changed => "CHANGED",
+        WatchEventType::Deleted => "DELETED",
+        WatchEventType::Unspecified => "UNKNOWN",
+    };
+    let Some(row) = &message.replicas else {
+        // SYNCED: the current state is complete.
+        eprintln!("-- {kind}: changes follow --");
+        return;
+    };
+    match output {
+        Output::Json => {
+            let mut json = to_json(std::slice::from_ref(row));
+            json[0]["type"] = kind.into();
+            println!("{}", json[0]);
+        }
+        Output::Table => {
+            let deployment = row.deployment.clone().unwrap_or_default();
+            println!(
+                "{kind:<8} {}/{} replicas={} ready={} desired={} {}",
+                deployment.namespace,
+                deployment.name,
+                row.spec_replicas,
+                row.ready_replicas,
+                row.desired_replicas
+                    .map_or("-".into(), |desired| desired.to_string()),
+                state_name(row)
+            );
+        }
     }
 }
 

@@ -101,6 +101,32 @@ pub enum Error {
     /// Other writers changed the setpoint under every attempt of a write.
     #[error("the setpoint of {key} kept changing during {attempts} attempts; retry")]
     WriteContention { key: DeploymentKey, attempts: usize },
+
+    /// A caller holds as many watches as it may (`holder`: "identity X" or "this
+    /// connection").
+    #[error("{holder} already has {limit} watches open, the most allowed; close one first")]
+    TooManyWatches { holder: String, limit: usize },
+    /// A watcher read more slowly than changes came and fell behind.
+    #[error(
+        "the watch fell {behind} changes behind (the client reads too slowly); watch again \
+         with the last resume_token"
+    )]
+    WatchLagged { behind: u64 },
+    /// A resume token older than the server's history of changes, or from another
+    /// server process.
+    #[error(
+        "the resume token is older than this server's history of changes, or from another \
+         server; watch again without it"
+    )]
+    ResumeTokenExpired,
+    #[error("invalid resume token: not one this server sent")]
+    InvalidResumeToken,
+    /// A policy reload changed what the caller of a watch may see.
+    #[error("the authorization policy changed the namespaces this caller may see; watch again")]
+    ScopeChanged,
+    /// The server stops; another replica serves.
+    #[error("the server is shutting down; watch again")]
+    ShuttingDown,
 }
 
 fn role_text(role: Option<Role>) -> String {

@@ -87,7 +87,18 @@ pub struct Config {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_handshakes: usize,
 
-    /// Time limit for one RPC.
+    /// WatchDeployments streams one identity may hold open (across connections).
+    #[arg(long, default_value_t = 100,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_watches_per_identity: usize,
+
+    /// WatchDeployments streams one connection may hold open (each is an HTTP/2 stream
+    /// of at most 64 per connection; the rest stay for other calls).
+    #[arg(long, default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub max_watches_per_connection: usize,
+
+    /// Time limit for one RPC (a watch: until its first message).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod authz;
 pub mod cache;
+pub mod changes;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -49,6 +50,7 @@ pub use crate::error::Error;
 use crate::access::AccessLayer;
 use crate::authz::AuthorizationLayer;
 use crate::cache::Cache;
+use crate::changes::{Changes, WatchLimits, Watches};
 use crate::grpc::ReplicaApi;
 use crate::health::Readiness;
 use crate::lease::LeaseConfig;
@@ -237,7 +239,18 @@ impl Server {
             writes: TaskTracker::new(),
         });
         let writes = replicas.writes.clone();
-        let api = ReplicaServiceServer::new(ReplicaApi(replicas))
+        let changes = Changes::default();
+        tasks.spawn(changes.clone().run(replicas.cache.clone()));
+        let watches = Watches {
+            changes,
+            limits: Arc::new(WatchLimits::new(
+                config.max_watches_per_identity,
+                config.max_watches_per_connection,
+            )),
+            policy: current_policy.clone(),
+            stop: stopped.clone(),
+        };
+        let api = ReplicaServiceServer::new(ReplicaApi { replicas, watches })
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let incoming = tls::incoming(

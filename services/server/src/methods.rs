@@ -14,6 +14,7 @@ static METHODS: LazyLock<Vec<(String, Permission)>> = LazyLock::new(|| {
     );
     [
         (replicas, "ListDeployments", Permission::Read),
+        (replicas, "WatchDeployments", Permission::Read),
         (replicas, "GetReplicas", Permission::Read),
         (replicas, "SetReplicas", Permission::Write),
         (replicas, "ReleaseDeployment", Permission::Write),

@@ -1,4 +1,5 @@
-//! The Bazel files against what Cargo builds: every crate target has its Bazel target,
+//! The Bazel files against what Cargo builds: every crate target has its Bazel target
+//! (with the crate's version),
 //! every source file is in one, every file read across folders is compile data, every
 //! member Cargo.toml is in MODULE.bazel, the Rust version is rust-toolchain.toml's,
 //! every proto is in a proto_library, and the Bazel image is configured like
@@ -199,6 +200,12 @@ fn every_crate_target_has_its_bazel_target_with_its_workspace_dependencies() {
                         "rust_binary"
                     };
                     let found = rule(function, name).filter(|call| srcs(call, dir).contains(src));
+                    // rules_rust passes it as CARGO_PKG_VERSION (`--version`).
+                    if let Some(call) = found
+                        && call.get("version").and_then(Value::as_str) != Some(&package.version)
+                    {
+                        problems.push(format!("{dir}:{name}: version is not {}", package.version));
+                    }
                     if found.is_some() && !tests_of(&format!(":{name}")) {
                         problems.push(format!("{dir}: no rust_test with crate = \":{name}\""));
                     }
@@ -387,7 +394,12 @@ fn every_proto_is_in_a_proto_library_and_feeds_the_rust_api() {
         .calls_of("cargo_build_script")
         .next()
         .expect("the api build script");
-    assert_eq!(script.strings("data"), ["//protos:setpoint_v1_files"]);
+    assert!(
+        script
+            .strings("data")
+            .contains(&"//protos:setpoint_v1_files"),
+        "the api build script reads the protos"
+    );
 }
 
 #[test]

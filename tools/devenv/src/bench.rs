@@ -6,8 +6,9 @@
 //! same read answered by the API server (a GET per request) at the same concurrency is
 //! the baseline. Also: resident memory after sync, after load and at the peak of a
 //! relist forced by restarting the API server; start-up to ready; and SetReplicas →
-//! `spec.replicas`. Prints a Markdown report with each goal met or missed; figures
-//! only, no assertions.
+//! `spec.replicas`. At the smallest count, WatchDeployments: many watchers' memory and
+//! how long a change takes to reach all of them. Prints a Markdown report with each
+//! goal met or missed; figures only, no assertions.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,7 +25,9 @@ use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
+use setpoint_api::v1::{
+    DeploymentRef, SetReplicasRequest, WatchDeploymentsRequest, WatchEventType,
+};
 
 /// Benchmark setpoint-server against a local control plane.
 #[derive(Parser)]
@@ -57,6 +60,12 @@ struct Args {
     /// SetReplicas → spec.replicas samples.
     #[arg(long, default_value_t = 1_000)]
     writes: usize,
+    /// WatchDeployments streams (all namespaces) at the smallest Deployment count.
+    #[arg(long, default_value_t = 1_000)]
+    watchers: usize,
+    /// Changes whose fan-out to every watcher is timed.
+    #[arg(long, default_value_t = 100)]
+    watch_changes: usize,
     /// Also write the report here.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -89,6 +98,26 @@ struct Load {
     p99: Duration,
     /// CPU time of the process(es) answering, per 1,000 calls.
     cpu_per_1000: Duration,
+}
+
+/// Watches per connection in the watcher benchmark (the server's default limit).
+const WATCHES_PER_CONNECTION: usize = 16;
+
+/// The watcher benchmark's figures.
+struct Watchers {
+    watchers: usize,
+    connections: usize,
+    deployments: usize,
+    /// From the first call to every watcher's SYNCED.
+    synced: Duration,
+    rss_before: u64,
+    rss_after: u64,
+    /// Write acknowledged by the API server → the last watcher has the change.
+    all_p50: Duration,
+    all_p99: Duration,
+    /// Write acknowledged → one watcher has it, over every delivery.
+    each_p50: Duration,
+    each_p99: Duration,
 }
 
 /// Everything measured at one Deployment count.
@@ -145,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut sizes = Vec::new();
+    let mut watched = None;
     let mut created = 0;
     for (round, &count) in args.deployments.iter().enumerate() {
         say(&format!("creating Deployments {created}..{count} ..."));
@@ -164,8 +194,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         );
+        if watched.is_none() && args.watchers > 0 {
+            watched = Some(watchers(&args, &admin, dir.path(), &namespaces, count).await?);
+        }
     }
-    let report = report(&args, &sizes);
+    let report = report(&args, &sizes, watched.as_ref());
     println!("{report}");
     if let Some(output) = &args.output {
         std::fs::write(output, &report)?;
@@ -753,6 +786,124 @@ async fn writes(
     Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }
 
+/// `args.watchers` watches of every namespace over connections of WATCHES_PER_CONNECTION;
+/// then `args.watch_changes` Deployments' ready count changed one after another through
+/// the API server, each timed until every watcher has its CHANGED message.
+async fn watchers(
+    args: &Args,
+    admin: &Client,
+    dir: &Path,
+    namespaces: &[String],
+    count: usize,
+) -> anyhow::Result<Watchers> {
+    say(&format!(
+        "{} watchers on {count} Deployments ...",
+        args.watchers
+    ));
+    let mut server = Server::start(
+        args,
+        dir,
+        "server-watchers.log",
+        &[format!("--max-watches-per-identity={}", args.watchers)],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = memory(server.pid, "VmRSS")?;
+    let connections = args.watchers.div_ceil(WATCHES_PER_CONNECTION);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(devenv::operator_client(dir, server.grpc).await?);
+    }
+    // Each watcher reports SYNCED, then (deployment, replicas, when) per change.
+    let (synced_tx, mut synced_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..args.watchers {
+        let mut client = clients[index % connections].clone();
+        let (synced_tx, seen_tx) = (synced_tx.clone(), seen_tx.clone());
+        tasks.spawn(async move {
+            let mut stream = client
+                .watch_deployments(WatchDeploymentsRequest::default())
+                .await?
+                .into_inner();
+            while let Some(message) = stream.message().await? {
+                match message.r#type() {
+                    WatchEventType::Synced => {
+                        let _ = synced_tx.send(());
+                    }
+                    WatchEventType::Changed => {
+                        let replicas = message.replicas.unwrap_or_default();
+                        let name = replicas.deployment.unwrap_or_default().name;
+                        let _ = seen_tx.send((name, replicas.ready_replicas, Instant::now()));
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    for _ in 0..args.watchers {
+        tokio::time::timeout(Duration::from_secs(300), synced_rx.recv())
+            .await
+            .context("watchers did not all sync within 300 s")?
+            .context("a watcher failed")?;
+    }
+    let synced = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = memory(server.pid, "VmRSS")?;
+
+    let (mut all, mut each) = (Vec::new(), Vec::new());
+    for change in 0..args.watch_changes {
+        let (namespace, name) = deployment_key(namespaces, change % count);
+        // A status change: the reconciler, scaling Deployments with setpoints, does not
+        // touch it.
+        let replicas = 1 + i32::try_from(change)?;
+        Api::<Deployment>::namespaced(admin.clone(), &namespace)
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"status": {"replicas": replicas, "readyReplicas": replicas}}),
+                ),
+            )
+            .await?;
+        let acknowledged = Instant::now();
+        let mut reached = 0;
+        while reached < args.watchers {
+            let (seen_name, seen_replicas, at) =
+                tokio::time::timeout(Duration::from_secs(60), seen.recv())
+                    .await
+                    .context("a change did not reach every watcher within 60 s")?
+                    .context("the watchers ended")?;
+            if seen_name == name && seen_replicas == replicas {
+                reached += 1;
+                let latency = at.saturating_duration_since(acknowledged);
+                each.push(latency);
+                if reached == args.watchers {
+                    all.push(latency);
+                }
+            }
+        }
+    }
+    tasks.abort_all();
+    server.process.kill().await?;
+    all.sort_unstable();
+    each.sort_unstable();
+    Ok(Watchers {
+        watchers: args.watchers,
+        connections,
+        deployments: count,
+        synced,
+        rss_before,
+        rss_after,
+        all_p50: quantile(&all, 0.5),
+        all_p99: quantile(&all, 0.99),
+        each_p50: quantile(&each, 0.5),
+        each_p99: quantile(&each, 0.99),
+    })
+}
+
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -841,7 +992,7 @@ fn machine() -> String {
     )
 }
 
-fn report(args: &Args, sizes: &[Size]) -> String {
+fn report(args: &Args, sizes: &[Size], watchers: Option<&Watchers>) -> String {
     let mut out = String::new();
     let header = |out: &mut String, first: &str| {
         let columns: Vec<String> = sizes
@@ -1021,5 +1172,32 @@ fn report(args: &Args, sizes: &[Size]) -> String {
         out,
         "\nCalls per size: {calls:?}; failed calls in all: {errors}."
     );
+    if let Some(watchers) = watchers {
+        let per_watcher = watchers.rss_after.saturating_sub(watchers.rss_before)
+            / watchers.watchers.max(1) as u64;
+        let _ = writeln!(
+            out,
+            "\n## Watchers\n\n\
+             {} WatchDeployments streams of every namespace over {} connections, on {} Deployments \
+             (each watcher first receives all of them):\n\n\
+             | figure | value |\n|---|---|\n\
+             | every watcher synced (initial state sent) | {} |\n\
+             | resident memory before → with the watchers | {} → {} ({:.1} KiB per watcher) |\n\
+             | a Deployment's status changed through the API server → the last watcher has the change, p50 / p99 of {} changes | {} / {} |\n\
+             | → each watcher has it, p50 / p99 of every delivery | {} / {} |",
+            watchers.watchers,
+            watchers.connections,
+            watchers.deployments,
+            ms(watchers.synced),
+            mib(watchers.rss_before),
+            mib(watchers.rss_after),
+            per_watcher as f64 / 1024.0,
+            args.watch_changes,
+            ms(watchers.all_p50),
+            ms(watchers.all_p99),
+            ms(watchers.each_p50),
+            ms(watchers.each_p99),
+        );
+    }
     out
 }

@@ -181,6 +181,86 @@ fn make_run_serves_the_cli_and_stops_cleanly() {
     assert_eq!(json[0]["namespace"], "demo");
     reconciled_as_leader(&value("SETPOINT_KUBECONFIG"), "demo", "web", 4);
 
+    // watch: the current state, then a line per change.
+    let mut watch = Command::new(binary(
+        "setpointctl",
+        option_env!("CARGO_BIN_EXE_setpointctl"),
+    ))
+    .envs(viewer.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    .args(["watch", "-n", "demo"])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("setpointctl watch");
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    let watch_stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(watch_stdout)) {
+            let Ok(line) = line else { return };
+            if lines_sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = || {
+        lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a line from setpointctl watch")
+    };
+    let initial: Vec<String> = (0..3).map(|_| next_line()).collect();
+    for name in ["api", "web", "worker"] {
+        assert!(
+            initial
+                .iter()
+                .any(|line| line.starts_with("INITIAL") && line.contains(&format!("demo/{name} "))),
+            "{initial:?}"
+        );
+    }
+
+    // set --dry-run stores nothing; set --wait returns once reconciled, which the watch
+    // shows too.
+    let dry = setpointctl(&operator, &["set", "demo/worker", "3", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(stderr(&dry).contains("dry run"), "{}", stderr(&dry));
+    let waited = setpointctl(&operator, &["set", "demo/worker", "3", "--wait=120s"]);
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("demo/worker: Reconciled"),
+        "{}",
+        stderr(&waited)
+    );
+    let change = loop {
+        let line = next_line();
+        if line.contains("demo/worker ") && line.contains("desired=3") {
+            break line;
+        }
+    };
+    assert!(change.starts_with("CHANGED"), "{change}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // release: Setpoint stops managing; a second release finds nothing to release.
+    let released = setpointctl(&operator, &["release", "demo/worker"]);
+    assert!(released.status.success(), "{}", stderr(&released));
+    assert!(
+        stdout(&released).contains("Unmanaged"),
+        "{}",
+        stdout(&released)
+    );
+    let usage = setpointctl(&operator, &["set", "demo/web", "2", "--wait=soon"]);
+    assert_eq!(usage.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&usage).contains("expected a duration"),
+        "{}",
+        stderr(&usage)
+    );
+    let completion = setpointctl(&[], &["completion", "bash"]);
+    assert!(completion.status.success(), "{}", stderr(&completion));
+    assert!(
+        stdout(&completion).contains("setpointctl"),
+        "completion script"
+    );
+
     let mut unreachable = operator.clone();
     unreachable.push((
         "SETPOINT_SERVER".into(),
@@ -199,6 +279,11 @@ fn make_run_serves_the_cli_and_stops_cleanly() {
             "invalid argument",
         ),
         (&operator, &["get", "web"][..], "expected NAMESPACE/NAME"),
+        (
+            &operator,
+            &["release", "demo/worker"][..],
+            "has no setpoint",
+        ),
         (&unreachable, &["list"][..], "Connection refused"),
         (&missing_cert, &["list"][..], "reading client certificate"),
         (&wrong_ca, &["list"][..], "invalid peer certificate"),

@@ -634,6 +634,15 @@ async fn locate_binaries() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("SETPOINT_CONTROLPLANE_DIR") {
         return Ok(dir.into());
     }
+    if std::env::var_os("TEST_SRCDIR").is_some() {
+        // Under `bazel test` the checkout (and the build script) is out of reach.
+        return Err(Error::Build {
+            script: "tools/controlplane/build.sh".into(),
+            reason: "under Bazel, set SETPOINT_CONTROLPLANE_DIR to its output (`make test \
+                     BUILD=bazel` does)"
+                .into(),
+        });
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controlplane/build.sh");
     let build_error = |reason: String| Error::Build {
         script: script.clone(),

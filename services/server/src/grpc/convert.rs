@@ -3,6 +3,7 @@
 use setpoint_api::v1::{self as proto, DeploymentRef};
 use setpoint_core::{DeploymentKey, Error};
 
+use crate::changes::{Event, EventKind};
 use crate::view::{DeploymentView, ReconcileState};
 
 pub fn key(deployment: Option<&DeploymentRef>) -> Result<DeploymentKey, Error> {
@@ -25,6 +26,20 @@ pub fn replicas(view: DeploymentView) -> proto::DeploymentReplicas {
         reconcile_state: reconcile_state(view.state).into(),
         reconcile_message: view.message,
         version: view.version,
+    }
+}
+
+pub fn watch_event(event: Event) -> proto::WatchDeploymentsResponse {
+    let kind = match event.kind {
+        EventKind::Initial => proto::WatchEventType::Initial,
+        EventKind::Synced => proto::WatchEventType::Synced,
+        EventKind::Changed => proto::WatchEventType::Changed,
+        EventKind::Deleted => proto::WatchEventType::Deleted,
+    };
+    proto::WatchDeploymentsResponse {
+        r#type: kind.into(),
+        replicas: event.view.map(replicas),
+        resume_token: event.resume_token,
     }
 }
 

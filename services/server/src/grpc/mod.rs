@@ -6,22 +6,55 @@
 pub mod convert;
 pub mod status;
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 
 use setpoint_api::v1::replica_service_server::ReplicaService;
 use setpoint_api::v1::{
     GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     ReleaseDeploymentRequest, ReleaseDeploymentResponse, SetReplicasRequest, SetReplicasResponse,
+    WatchDeploymentsRequest, WatchDeploymentsResponse,
 };
 use setpoint_core::{Caller, DeploymentKey};
 use tonic::{Request, Response, Status};
 
+use crate::changes::{WatchRequest, Watches};
 use crate::replicas::{ListRequest, Replicas, SetRequest};
 
-pub struct ReplicaApi(pub Arc<Replicas>);
+pub struct ReplicaApi {
+    pub replicas: Arc<Replicas>,
+    pub watches: Watches,
+}
 
 #[tonic::async_trait]
 impl ReplicaService for ReplicaApi {
+    type WatchDeploymentsStream =
+        Pin<Box<dyn Stream<Item = Result<WatchDeploymentsResponse, Status>> + Send>>;
+
+    async fn watch_deployments(
+        &self,
+        request: Request<WatchDeploymentsRequest>,
+    ) -> Result<Response<Self::WatchDeploymentsStream>, Status> {
+        let caller = caller(&request)?;
+        let connection = request.remote_addr();
+        let request = request.into_inner();
+        tracing::Span::current().record("resource", request.namespace.as_str());
+        let events = self.watches.watch(
+            caller,
+            WatchRequest {
+                namespace: request.namespace,
+                label_selector: request.label_selector,
+                resume_token: request.resume_token,
+            },
+            connection,
+        )?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events)
+            .map(|event| event.map(convert::watch_event).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_deployments(
         &self,
         request: Request<ListDeploymentsRequest>,
@@ -29,7 +62,7 @@ impl ReplicaService for ReplicaApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         tracing::Span::current().record("resource", request.namespace.as_str());
-        let page = self.0.list(
+        let page = self.replicas.list(
             &caller,
             ListRequest {
                 namespace: request.namespace,
@@ -54,7 +87,7 @@ impl ReplicaService for ReplicaApi {
     ) -> Result<Response<GetReplicasResponse>, Status> {
         let caller = caller(&request)?;
         let key = target(request.get_ref().deployment.as_ref())?;
-        let replicas = self.0.get(&caller, &key)?;
+        let replicas = self.replicas.get(&caller, &key)?;
         Ok(Response::new(GetReplicasResponse {
             replicas: Some(convert::replicas(replicas)),
         }))
@@ -68,7 +101,7 @@ impl ReplicaService for ReplicaApi {
         let request = request.into_inner();
         let key = target(request.deployment.as_ref())?;
         let stored = self
-            .0
+            .replicas
             .set(
                 caller,
                 SetRequest {
@@ -92,7 +125,7 @@ impl ReplicaService for ReplicaApi {
         let request = request.into_inner();
         let key = target(request.deployment.as_ref())?;
         let released = self
-            .0
+            .replicas
             .release(caller, key, request.expected_version)
             .await?;
         Ok(Response::new(ReleaseDeploymentResponse {

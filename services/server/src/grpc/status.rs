@@ -45,8 +45,13 @@ fn domain_code(error: &Domain) -> Code {
         | Domain::NotPermitted { .. }
         | Domain::OutOfScope { .. }
         | Domain::ProtectedNamespace { .. } => Code::PermissionDenied,
-        Domain::RateLimited { .. } => Code::ResourceExhausted,
-        Domain::NotSynced => Code::Unavailable,
+        Domain::RateLimited { .. } | Domain::TooManyWatches { .. } | Domain::WatchLagged { .. } => {
+            Code::ResourceExhausted
+        }
+        Domain::NotSynced | Domain::ShuttingDown => Code::Unavailable,
+        Domain::ResumeTokenExpired => Code::OutOfRange,
+        Domain::InvalidResumeToken => Code::InvalidArgument,
+        Domain::ScopeChanged => Code::Aborted,
         Domain::DeploymentNotFound(_) | Domain::NotManaged(_) => Code::NotFound,
         Domain::ManagedByAutoscaler { .. } => Code::FailedPrecondition,
         Domain::VersionMismatch { .. } | Domain::WriteContention { .. } => Code::Aborted,
@@ -149,6 +154,18 @@ mod tests {
             (Domain::NotSynced, Code::Unavailable),
             (Domain::DeploymentNotFound(key.clone()), Code::NotFound),
             (Domain::NotManaged(key.clone()), Code::NotFound),
+            (
+                Domain::TooManyWatches {
+                    holder: "this connection".into(),
+                    limit: 16,
+                },
+                Code::ResourceExhausted,
+            ),
+            (Domain::WatchLagged { behind: 3 }, Code::ResourceExhausted),
+            (Domain::ResumeTokenExpired, Code::OutOfRange),
+            (Domain::InvalidResumeToken, Code::InvalidArgument),
+            (Domain::ScopeChanged, Code::Aborted),
+            (Domain::ShuttingDown, Code::Unavailable),
             (
                 Domain::ManagedByAutoscaler {
                     key: key.clone(),

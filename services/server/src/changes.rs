@@ -1,0 +1,795 @@
+//! WatchDeployments' source: one [`Changes`] hub per server turns the watch cache's
+//! changed keys into numbered changes of what the API shows ([`DeploymentView`]),
+//! computed once for every watcher; a key whose view did not change makes none. It keeps
+//! the latest view of every Deployment (the state a new watcher starts from) and the
+//! last [`HISTORY`] changes (what a resume token continues from), and fans changes out
+//! through a bounded broadcast: a watcher that falls [`FANOUT_BUFFER`] changes behind is
+//! dropped, so no reader makes the server buffer without bound. No watcher makes a
+//! request to the cluster.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kube::core::{Selector, SelectorExt};
+use setpoint_core::key::validate_namespace;
+use setpoint_core::{
+    Caller, ClientIdentity, DeploymentKey, Error as Domain, Permission, Policy, Scope,
+};
+use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::reload::Shared;
+use crate::view::{self, DeploymentView};
+
+/// Changes remembered for resume tokens.
+pub const HISTORY: usize = 4096;
+/// Changes a watcher may fall behind by before it is dropped.
+pub const FANOUT_BUFFER: usize = 1024;
+
+/// One change of what the API shows about a Deployment.
+#[derive(Debug)]
+pub struct Change {
+    pub seq: u64,
+    pub key: DeploymentKey,
+    /// The Deployment's view; for a deleted one, as last seen.
+    pub view: DeploymentView,
+    /// Its labels now; `None` once it is deleted.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Its labels before this change; `None` if it did not exist.
+    pub previous_labels: Option<BTreeMap<String, String>>,
+    /// The view differs from the one before (not only the labels).
+    pub view_changed: bool,
+}
+
+/// Which Deployments a watcher sees: the request's namespace and selector within the
+/// caller's scope.
+pub struct Filter {
+    /// Empty for all namespaces.
+    pub namespace: String,
+    pub selector: Selector,
+    pub scope: Scope,
+}
+
+impl Filter {
+    fn sees(&self, key: &DeploymentKey, labels: Option<&BTreeMap<String, String>>) -> bool {
+        labels.is_some_and(|labels| {
+            (self.namespace.is_empty() || self.namespace == key.namespace)
+                && self.scope.allows(&key.namespace)
+                && self.selector.matches(labels)
+        })
+    }
+}
+
+/// What a change means to one watcher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It entered the watcher's set or changed in it.
+    Changed,
+    /// It left the set (deleted, or no longer matching).
+    Deleted,
+}
+
+impl Change {
+    /// Only what a watcher can see: a label change that neither brings the Deployment
+    /// into its set nor takes it out is none.
+    pub fn seen_by(&self, filter: &Filter) -> Option<Seen> {
+        let before = filter.sees(&self.key, self.previous_labels.as_ref());
+        match (before, filter.sees(&self.key, self.labels.as_ref())) {
+            (true, true) if !self.view_changed => None,
+            (_, true) => Some(Seen::Changed),
+            (true, false) => Some(Seen::Deleted),
+            (false, false) => None,
+        }
+    }
+}
+
+/// A watcher's start: the changes to send first (the current state, or those after its
+/// resume token), the sequence number they bring it to, and the live changes after it.
+pub struct Start {
+    pub replay: Vec<Arc<Change>>,
+    /// Whether `replay` is the current state (else the changes after a resume token).
+    pub snapshot: bool,
+    pub seq: u64,
+    pub live: broadcast::Receiver<Arc<Change>>,
+}
+
+#[derive(Default)]
+struct State {
+    synced: bool,
+    seq: u64,
+    /// The latest change of every existing Deployment.
+    current: BTreeMap<DeploymentKey, Arc<Change>>,
+    history: VecDeque<Arc<Change>>,
+}
+
+#[derive(Clone)]
+pub struct Changes {
+    /// Names this server process in resume tokens.
+    epoch: u64,
+    state: Arc<Mutex<State>>,
+    fanout: broadcast::Sender<Arc<Change>>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        let mut random = [0u8; 8];
+        // A failure leaves zeros; the clock still tells processes apart.
+        let _ = getrandom::fill(&mut random);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Self {
+            epoch: u64::from_le_bytes(random) ^ nanos,
+            state: Arc::default(),
+            fanout: broadcast::channel(FANOUT_BUFFER).0,
+        }
+    }
+}
+
+impl Changes {
+    /// Keeps the hub current from the cache until the cache's change feed ends.
+    pub async fn run(self, cache: Cache) {
+        let mut keys = cache.stores.subscribe();
+        cache.stores.wait_synced().await;
+        self.update_all(&cache);
+        self.lock().synced = true;
+        loop {
+            match keys.recv().await {
+                Ok(key) => self.update(&cache, key),
+                // Missed keys: compare everything.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.update_all(&cache),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update_all(&self, cache: &Cache) {
+        let Ok(deployments) = cache.deployments() else {
+            return;
+        };
+        let mut keys: Vec<DeploymentKey> = deployments
+            .scan(None, None, usize::MAX, |_| true)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        keys.extend(self.lock().current.keys().cloned());
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().for_each(|key| self.update(cache, key));
+    }
+
+    /// Publishes a change if what the API shows about `key` changed.
+    fn update(&self, cache: &Cache, key: DeploymentKey) {
+        let Ok(deployments) = cache.deployments() else {
+            return;
+        };
+        let row = deployments.get(&key);
+        let now = row
+            .as_ref()
+            .map(|row| view::view(key.clone(), row, cache.setpoint(&key).as_deref()));
+        self.publish(key, now, row.map(|row| row.labels.clone()));
+    }
+
+    /// Records and sends a change if `now` (with `labels`) differs from the latest view
+    /// of `key`; `None`: it does not exist.
+    fn publish(
+        &self,
+        key: DeploymentKey,
+        now: Option<DeploymentView>,
+        labels: Option<BTreeMap<String, String>>,
+    ) {
+        let mut state = self.lock();
+        let before = state.current.get(&key);
+        let view = match (now, before) {
+            (Some(now), Some(before))
+                if now == before.view && labels.as_ref() == before.labels.as_ref() =>
+            {
+                return;
+            }
+            (Some(now), _) => now,
+            (None, Some(before)) => before.view.clone(),
+            (None, None) => return,
+        };
+        let previous_labels = before.and_then(|before| before.labels.clone());
+        let view_changed = before.is_none_or(|before| before.view != view);
+        state.seq += 1;
+        let change = Arc::new(Change {
+            seq: state.seq,
+            key: key.clone(),
+            view,
+            labels,
+            previous_labels,
+            view_changed,
+        });
+        if change.labels.is_some() {
+            state.current.insert(key, change.clone());
+        } else {
+            state.current.remove(&key);
+        }
+        state.history.push_back(change.clone());
+        if state.history.len() > HISTORY {
+            state.history.pop_front();
+        }
+        // Sent under the lock, so a watcher's start and its live changes never overlap.
+        let _ = self.fanout.send(change);
+    }
+
+    /// A watcher's start: from `resume_token`, or the current state.
+    pub fn start(&self, filter: &Filter, resume_token: &str) -> Result<Start, Error> {
+        let state = self.lock();
+        if !state.synced {
+            return Err(Domain::NotSynced.into());
+        }
+        let live = self.fanout.subscribe();
+        let seen = |change: &&Arc<Change>| change.seen_by(filter).is_some();
+        if resume_token.is_empty() {
+            return Ok(Start {
+                replay: state.current.values().filter(seen).cloned().collect(),
+                snapshot: true,
+                seq: state.seq,
+                live,
+            });
+        }
+        let after = self.decode(resume_token, state.seq)?;
+        // The history holds every change after `after` only if its oldest is at most the
+        // next one.
+        let oldest = state
+            .history
+            .front()
+            .map_or(state.seq + 1, |change| change.seq);
+        if oldest > after + 1 {
+            return Err(Domain::ResumeTokenExpired.into());
+        }
+        Ok(Start {
+            replay: state
+                .history
+                .iter()
+                .filter(|change| change.seq > after)
+                .filter(seen)
+                .cloned()
+                .collect(),
+            snapshot: false,
+            seq: state.seq,
+            live,
+        })
+    }
+
+    pub fn token(&self, seq: u64) -> String {
+        format!("{:016x}.{seq}", self.epoch)
+    }
+
+    fn decode(&self, token: &str, newest: u64) -> Result<u64, Error> {
+        let (epoch, seq) = token
+            .split_once('.')
+            .and_then(|(epoch, seq)| {
+                Some((u64::from_str_radix(epoch, 16).ok()?, seq.parse().ok()?))
+            })
+            .ok_or(Domain::InvalidResumeToken)?;
+        if epoch != self.epoch {
+            return Err(Domain::ResumeTokenExpired.into());
+        }
+        if seq > newest {
+            return Err(Domain::InvalidResumeToken.into());
+        }
+        Ok(seq)
+    }
+}
+
+/// Open watches per identity and per connection, with a slot that gives its place back
+/// when dropped.
+#[derive(Default)]
+pub struct WatchLimits {
+    pub per_identity: usize,
+    pub per_connection: usize,
+    open: Mutex<(HashMap<ClientIdentity, usize>, HashMap<SocketAddr, usize>)>,
+}
+
+pub struct Slot {
+    limits: Arc<WatchLimits>,
+    identity: ClientIdentity,
+    connection: Option<SocketAddr>,
+}
+
+impl WatchLimits {
+    pub fn new(per_identity: usize, per_connection: usize) -> Self {
+        Self {
+            per_identity,
+            per_connection,
+            open: Mutex::default(),
+        }
+    }
+
+    pub fn acquire(
+        self: &Arc<Self>,
+        caller: &Caller,
+        connection: Option<SocketAddr>,
+    ) -> Result<Slot, Error> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (identities, connections) = &mut *open;
+        let full = |holder: String, limit| Err(Domain::TooManyWatches { holder, limit }.into());
+        if let Some(connection) = connection
+            && connections.get(&connection).copied().unwrap_or(0) >= self.per_connection
+        {
+            return full("this connection".into(), self.per_connection);
+        }
+        if identities.get(&caller.identity).copied().unwrap_or(0) >= self.per_identity {
+            return full(format!("identity {}", caller.identity), self.per_identity);
+        }
+        if let Some(connection) = connection {
+            *connections.entry(connection).or_default() += 1;
+        }
+        *identities.entry(caller.identity.clone()).or_default() += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            identity: caller.identity.clone(),
+            connection,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (identities, connections) = &mut *open;
+        release(identities, &self.identity);
+        if let Some(connection) = &self.connection {
+            release(connections, connection);
+        }
+    }
+}
+
+/// One fewer under `key`; the entry goes at zero, so the maps hold only open watches.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// The method whose permission a watcher keeps needing.
+const WATCH_METHOD: &str = "/setpoint.v1.ReplicaService/WatchDeployments";
+/// Messages queued for one watcher's connection.
+const WATCH_BUFFER: usize = 64;
+/// How often a watcher's access is checked against the current policy.
+const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What WatchDeployments asks for, as the caller sent it.
+#[derive(Debug, Default)]
+pub struct WatchRequest {
+    /// Empty for all namespaces.
+    pub namespace: String,
+    pub label_selector: String,
+    /// Empty to start from the current state.
+    pub resume_token: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Initial,
+    Synced,
+    Changed,
+    Deleted,
+}
+
+/// One message of a watch.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    /// `None` for [`EventKind::Synced`].
+    pub view: Option<DeploymentView>,
+    pub resume_token: String,
+}
+
+/// Everything watchers share.
+#[derive(Clone)]
+pub struct Watches {
+    pub changes: Changes,
+    pub limits: Arc<WatchLimits>,
+    pub policy: Shared<Policy>,
+    /// Becomes true when the server starts draining: watches end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Watches {
+    /// Validates and authorizes the request, takes a watch slot and starts a task that
+    /// sends the watch's events, ending with an error or when the caller goes away.
+    pub fn watch(
+        &self,
+        caller: Caller,
+        request: WatchRequest,
+        connection: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<Event, Error>>, Error> {
+        if !request.namespace.is_empty() {
+            validate_namespace(&request.namespace)?;
+            caller.check(&request.namespace)?;
+        }
+        let filter = Filter {
+            selector: crate::selector::parse(&request.label_selector)?,
+            namespace: request.namespace,
+            scope: caller.scope.clone(),
+        };
+        let slot = self.limits.acquire(&caller, connection)?;
+        let start = self.changes.start(&filter, &request.resume_token)?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let watches = self.clone();
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                if let Err(error) = watches.forward(&caller, &filter, start, &sender).await {
+                    tracing::info!(%error, "watch ended");
+                    let _ = sender.send(Err(error)).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(receiver)
+    }
+
+    /// Sends the start, then the live changes the filter sees; `Ok` when the caller has
+    /// gone away.
+    async fn forward(
+        &self,
+        caller: &Caller,
+        filter: &Filter,
+        start: Start,
+        sender: &mpsc::Sender<Result<Event, Error>>,
+    ) -> Result<(), Error> {
+        let event = |kind, change: &Change, seq| Event {
+            kind,
+            view: Some(change.view.clone()),
+            resume_token: self.changes.token(seq),
+        };
+        let mut events = Vec::with_capacity(start.replay.len() + 1);
+        for change in &start.replay {
+            events.push(match (start.snapshot, change.seen_by(filter)) {
+                (true, _) => event(EventKind::Initial, change, start.seq),
+                (false, Some(Seen::Changed)) => event(EventKind::Changed, change, change.seq),
+                (false, _) => event(EventKind::Deleted, change, change.seq),
+            });
+        }
+        events.push(Event {
+            kind: EventKind::Synced,
+            view: None,
+            resume_token: self.changes.token(start.seq),
+        });
+        for event in events {
+            if sender.send(Ok(event)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let (mut live, mut stop) = (start.live, self.stop.clone());
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        loop {
+            let change = tokio::select! {
+                () = sender.closed() => return Ok(()),
+                _ = stop.wait_for(|stop| *stop) => return Err(Domain::ShuttingDown.into()),
+                _ = recheck.tick() => {
+                    self.reauthorize(caller)?;
+                    continue;
+                }
+                change = live.recv() => change,
+            };
+            let change = match change {
+                Ok(change) => change,
+                Err(broadcast::error::RecvError::Lagged(behind)) => {
+                    return Err(Domain::WatchLagged { behind }.into());
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Domain::ShuttingDown.into());
+                }
+            };
+            let kind = match change.seen_by(filter) {
+                _ if change.seq <= start.seq => continue,
+                None => continue,
+                Some(Seen::Changed) => EventKind::Changed,
+                Some(Seen::Deleted) => EventKind::Deleted,
+            };
+            if sender
+                .send(Ok(event(kind, &change, change.seq)))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The caller still may watch, with the namespaces it started with.
+    fn reauthorize(&self, caller: &Caller) -> Result<(), Error> {
+        let scope =
+            self.policy
+                .current()
+                .authorize(&caller.identity, WATCH_METHOD, Permission::Read)?;
+        if scope == caller.scope {
+            Ok(())
+        } else {
+            Err(Domain::ScopeChanged.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::ReconcileState;
+
+    fn key(name: &str) -> DeploymentKey {
+        DeploymentKey::new("a", name).expect("valid key")
+    }
+
+    fn view_of(name: &str, replicas: i32) -> DeploymentView {
+        DeploymentView {
+            key: key(name),
+            uid: format!("uid-{name}"),
+            spec_replicas: replicas,
+            ready_replicas: 0,
+            available_replicas: 0,
+            updated_replicas: 0,
+            desired_replicas: None,
+            state: ReconcileState::Unmanaged,
+            message: String::new(),
+            version: String::new(),
+        }
+    }
+
+    fn labels(app: &str) -> Option<BTreeMap<String, String>> {
+        Some(BTreeMap::from([("app".to_string(), app.to_string())]))
+    }
+
+    fn synced() -> Changes {
+        let changes = Changes::default();
+        changes.lock().synced = true;
+        changes
+    }
+
+    fn filter(selector: &str) -> Filter {
+        Filter {
+            namespace: String::new(),
+            selector: crate::selector::parse(selector).expect("selector"),
+            scope: Scope::All,
+        }
+    }
+
+    #[test]
+    fn only_visible_changes_are_published() {
+        let changes = synced();
+        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
+        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
+        changes.publish(key("absent"), None, None);
+        assert_eq!(
+            changes.lock().seq,
+            1,
+            "the same view twice, or nothing, is no change"
+        );
+        changes.publish(key("web"), Some(view_of("web", 2)), labels("web"));
+        changes.publish(key("web"), Some(view_of("web", 2)), labels("other"));
+        changes.publish(key("web"), None, None);
+        let state = changes.lock();
+        assert_eq!(state.seq, 4);
+        assert!(state.current.is_empty());
+        let deleted = state.history.back().expect("the deletion");
+        assert_eq!(
+            deleted.view.spec_replicas, 2,
+            "a deletion shows the last view"
+        );
+    }
+
+    #[test]
+    fn a_selector_sees_deployments_enter_and_leave() {
+        let changes = synced();
+        let web = filter("app=web");
+        changes.publish(key("x"), Some(view_of("x", 1)), labels("api"));
+        changes.publish(key("x"), Some(view_of("x", 1)), labels("web"));
+        changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
+        changes.publish(key("x"), Some(view_of("x", 2)), labels("api"));
+        changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
+        let mut unrelated = labels("web").expect("labels");
+        unrelated.insert("unrelated".into(), "label".into());
+        changes.publish(key("x"), Some(view_of("x", 2)), Some(unrelated));
+        changes.publish(key("x"), None, None);
+        let seen: Vec<Option<Seen>> = changes
+            .lock()
+            .history
+            .iter()
+            .map(|change| change.seen_by(&web))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                None,
+                Some(Seen::Changed),
+                Some(Seen::Changed),
+                Some(Seen::Deleted),
+                Some(Seen::Changed),
+                None,
+                Some(Seen::Deleted),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_start_is_the_current_state_or_the_changes_after_a_token() {
+        let changes = Changes::default();
+        let all = filter("");
+        assert!(
+            changes.start(&all, "").is_err(),
+            "not before the first sync"
+        );
+        changes.lock().synced = true;
+        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
+        changes.publish(key("db"), Some(view_of("db", 1)), labels("db"));
+        let start = changes.start(&all, "").expect("start");
+        assert!(start.snapshot);
+        let keys: Vec<String> = start.replay.iter().map(|c| c.key.to_string()).collect();
+        assert_eq!(keys, ["a/db", "a/web"], "in key order");
+        let token = changes.token(start.seq);
+
+        changes.publish(key("web"), Some(view_of("web", 5)), labels("web"));
+        let resumed = changes.start(&all, &token).expect("resume");
+        assert!(!resumed.snapshot);
+        assert_eq!(resumed.replay.len(), 1);
+        assert_eq!(resumed.replay[0].view.spec_replicas, 5);
+
+        for (bad, expected) in [
+            ("garbage", Domain::InvalidResumeToken),
+            (&changes.token(99), Domain::InvalidResumeToken),
+            (
+                &format!("{:016x}.1", changes.epoch ^ 1),
+                Domain::ResumeTokenExpired,
+            ),
+        ] {
+            match changes.start(&all, bad) {
+                Err(Error::Domain(error)) => assert_eq!(error, expected, "{bad}"),
+                other => panic!("{bad}: {:?}", other.map(|start| start.seq)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_older_than_the_history_has_expired() {
+        let changes = synced();
+        let all = filter("");
+        let token = changes.token(0);
+        for replicas in 0..=HISTORY as i32 {
+            changes.publish(key("web"), Some(view_of("web", replicas)), labels("web"));
+        }
+        assert!(matches!(
+            changes.start(&all, &token),
+            Err(Error::Domain(Domain::ResumeTokenExpired))
+        ));
+        let recent = changes.token(2);
+        assert_eq!(
+            changes
+                .start(&all, &recent)
+                .expect("in the history")
+                .replay
+                .len(),
+            HISTORY - 1
+        );
+    }
+
+    fn watches(changes: &Changes) -> (Watches, tokio::sync::watch::Sender<bool>) {
+        let policy =
+            Policy::parse("bindings: [{role: viewer, identities: [spiffe://x]}]").expect("policy");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let watches = Watches {
+            changes: changes.clone(),
+            limits: Arc::new(WatchLimits::new(10, 10)),
+            policy: Shared::new(policy),
+            stop: stopped,
+        };
+        (watches, stop)
+    }
+
+    fn viewer() -> Caller {
+        Caller {
+            identity: ClientIdentity("spiffe://x".into()),
+            scope: Scope::All,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_dropped_with_its_place_to_resume() {
+        let changes = synced();
+        changes.publish(key("web"), Some(view_of("web", 0)), labels("web"));
+        let (watches, _stop) = watches(&changes);
+        let mut events = watches
+            .watch(viewer(), WatchRequest::default(), None)
+            .expect("watch");
+        // The watcher reads nothing while more changes come than its queue and the
+        // fan-out buffer hold.
+        for replicas in 1..=(WATCH_BUFFER + FANOUT_BUFFER + 10) as i32 {
+            changes.publish(key("web"), Some(view_of("web", replicas)), labels("web"));
+            tokio::task::yield_now().await;
+        }
+        let mut received = Vec::new();
+        let error = loop {
+            match events.recv().await.expect("an event or the error") {
+                Ok(event) => received.push(event),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            matches!(error, Error::Domain(Domain::WatchLagged { .. })),
+            "{error}"
+        );
+        assert!(error.to_string().contains("too slowly"), "{error}");
+        assert_eq!(
+            received[..2].iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::Initial, EventKind::Synced]
+        );
+        assert!(
+            received.len() <= WATCH_BUFFER + 2,
+            "bounded: {}",
+            received.len()
+        );
+        assert!(events.recv().await.is_none(), "the watch ended");
+        assert!(
+            watches.limits.open.lock().expect("lock").0.is_empty(),
+            "its slot is free"
+        );
+    }
+
+    #[tokio::test]
+    async fn watches_end_when_the_server_stops() {
+        let changes = synced();
+        let (watches, stop) = watches(&changes);
+        let mut events = watches
+            .watch(viewer(), WatchRequest::default(), None)
+            .expect("watch");
+        assert_eq!(
+            events.recv().await.expect("synced").expect("ok").kind,
+            EventKind::Synced
+        );
+        stop.send_replace(true);
+        let error = events.recv().await.expect("the end").expect_err("an error");
+        assert!(
+            matches!(error, Error::Domain(Domain::ShuttingDown)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn watch_slots_are_limited_per_identity_and_connection_and_given_back() {
+        let limits = Arc::new(WatchLimits::new(2, 1));
+        let caller = Caller {
+            identity: ClientIdentity("spiffe://x".into()),
+            scope: Scope::All,
+        };
+        let (one, two): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        );
+        let first = limits.acquire(&caller, Some(one)).expect("first");
+        assert!(
+            limits.acquire(&caller, Some(one)).is_err(),
+            "connection full"
+        );
+        let second = limits
+            .acquire(&caller, Some(two))
+            .expect("second connection");
+        let refused = limits.acquire(&caller, None).err().map(|e| e.to_string());
+        assert!(refused.is_some_and(|message| message.contains("identity spiffe://x")));
+        drop(first);
+        drop(second);
+        assert!(
+            limits.open.lock().expect("lock").0.is_empty(),
+            "all given back"
+        );
+        limits.acquire(&caller, Some(one)).expect("free again");
+    }
+}
