@@ -212,9 +212,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if dry_run {
                 eprintln!("dry run: nothing was stored");
             }
-            let rows = response.into_inner().replicas.into_iter().collect();
-            if let Some(timeout) = wait {
-                wait_reconciled(&mut client, &target, replicas, timeout).await?;
+            let rows: Vec<DeploymentReplicas> =
+                response.into_inner().replicas.into_iter().collect();
+            if let (Some(timeout), Some(stored)) = (wait, rows.first()) {
+                wait_reconciled(&mut client, &target, &stored.version, timeout).await?;
             }
             rows
         }
@@ -327,7 +328,10 @@ async fn follow(
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
-                            request.resume_token = message.resume_token.clone();
+                            // INITIAL messages have none: the state is whole only at SYNCED.
+                            if !message.resume_token.is_empty() {
+                                request.resume_token = message.resume_token.clone();
+                            }
                             if !handle(message) {
                                 return Ok(());
                             }
@@ -339,21 +343,31 @@ async fn follow(
             }
             Err(status) => status,
         };
-        match ended.code() {
-            Code::Unavailable | Code::ResourceExhausted if !request.resume_token.is_empty() => {}
-            Code::OutOfRange => request.resume_token.clear(),
-            _ => return Err(status_error(ended)),
+        // Resumable: the server stopped or dropped the stream, the connection broke, or
+        // this client read too slowly (not: too many watches).
+        let resumable = match ended.code() {
+            Code::Unavailable | Code::Unknown | Code::Internal => true,
+            Code::ResourceExhausted => ended.message().contains("too slowly"),
+            Code::OutOfRange => {
+                request.resume_token.clear();
+                true
+            }
+            _ => false,
+        };
+        if !resumable {
+            return Err(status_error(ended));
         }
         eprintln!("watch interrupted ({}); resuming", status_error(ended));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Waits until `target` is reconciled at `replicas`, printing each state it passes.
+/// Waits until `target`'s setpoint at `version` (the one just stored) is reconciled,
+/// printing each state it passes; another version taking its place ends the wait.
 async fn wait_reconciled(
     client: &mut ReplicaServiceClient<Channel>,
     target: &DeploymentRef,
-    replicas: i32,
+    version: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let key = format!("{}/{}", target.namespace, target.name);
@@ -363,6 +377,7 @@ async fn wait_reconciled(
     };
     let mut outcome = Err(anyhow::anyhow!("the watch ended"));
     let mut last = String::from("unknown");
+    let mut seen_ours = false;
     let watched = follow(client, request, |message| {
         let kind = message.r#type();
         let Some(row) = message
@@ -375,6 +390,18 @@ async fn wait_reconciled(
             outcome = Err(anyhow::anyhow!("{key} was deleted"));
             return false;
         }
+        if row.version != version {
+            // The cache from before the write, or a write that came after it.
+            if seen_ours {
+                outcome = Err(anyhow::anyhow!(
+                    "{key}: another write replaced this setpoint (now version {:?})",
+                    row.version
+                ));
+                return false;
+            }
+            return true;
+        }
+        seen_ours = true;
         last = state_name(&row).to_owned();
         eprintln!(
             "{key}: {last}, {} of {} replicas ready, desired {}",
@@ -385,7 +412,7 @@ async fn wait_reconciled(
         );
         let failed = |why: &str| Err(anyhow::anyhow!("{key} {why}: {}", row.reconcile_message));
         outcome = match ReconcileState::try_from(row.reconcile_state) {
-            Ok(ReconcileState::Reconciled) if row.desired_replicas == Some(replicas) => Ok(()),
+            Ok(ReconcileState::Reconciled) => Ok(()),
             Ok(ReconcileState::Failed) => failed("failed to reconcile"),
             Ok(ReconcileState::ManagedByHpa) => failed("is scaled by an HPA"),
             Ok(ReconcileState::TargetReplaced) => failed("was replaced"),
@@ -420,8 +447,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     number
         .parse::<u64>()
-        .map(|number| Duration::from_secs(number * seconds))
-        .map_err(|_| format!("{text:?}: expected a duration such as 90s, 5m or 1h"))
+        .ok()
+        .and_then(|number| number.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: expected a duration such as 90s, 5m or 1h"))
 }
 
 fn print_event(output: Output, message: &WatchDeploymentsResponse) {
@@ -552,4 +581,32 @@ fn to_json(rows: &[DeploymentReplicas]) -> serde_json::Value {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_or_name_the_problem() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in [
+            "soon",
+            "5d",
+            "",
+            "99999999999999999999h",
+            "18446744073709551615h",
+        ] {
+            let error = parse_duration(bad).expect_err(bad);
+            assert!(error.contains("expected a duration"), "{error}");
+        }
+    }
 }

@@ -119,11 +119,19 @@ pub enum Error {
          server; watch again without it"
     )]
     ResumeTokenExpired,
-    #[error("invalid resume token: not one this server sent")]
+    #[error(
+        "invalid resume token: not one this server sent for this namespace, selector and scope"
+    )]
     InvalidResumeToken,
     /// A policy reload changed what the caller of a watch may see.
     #[error("the authorization policy changed the namespaces this caller may see; watch again")]
     ScopeChanged,
+    /// A watch reached its maximum age.
+    #[error(
+        "the watch reached its maximum age (the server's --max-connection-age); resume with \
+         the last resume_token"
+    )]
+    WatchExpired,
     /// The server stops; another replica serves.
     #[error("the server is shutting down; watch again")]
     ShuttingDown,

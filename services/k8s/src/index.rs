@@ -288,11 +288,14 @@ impl Autoscalers {
 
 /// Writes setpoint watch events into the kube store the reconciler's applier reads, and
 /// names the Deployments whose setpoint the store now shows changed. The store swaps a
-/// relist's setpoints in only when it ends, so they are announced then.
+/// relist's setpoints in only when it ends, so they are announced then, with those the
+/// relist no longer has (deleted while the watch was down).
 pub struct SetpointWriter {
     writer: Writer<ReplicaSetpoint>,
     /// Keys of the relist in progress.
     relisted: Vec<DeploymentKey>,
+    /// Keys the store held when the relist began.
+    before: BTreeSet<DeploymentKey>,
 }
 
 impl SetpointWriter {
@@ -303,13 +306,25 @@ impl SetpointWriter {
             Event::Apply(setpoint) | Event::Delete(setpoint) => vec![key_of(&setpoint)],
             Event::Init => {
                 self.relisted.clear();
+                self.before = self
+                    .writer
+                    .as_reader()
+                    .state()
+                    .iter()
+                    .map(|setpoint| key_of(setpoint.as_ref()))
+                    .collect();
                 Vec::new()
             }
             Event::InitApply(setpoint) => {
+                self.before.remove(&key_of(&setpoint));
                 self.relisted.push(key_of(&setpoint));
                 Vec::new()
             }
-            Event::InitDone => std::mem::take(&mut self.relisted),
+            Event::InitDone => {
+                let mut keys = std::mem::take(&mut self.relisted);
+                keys.extend(std::mem::take(&mut self.before));
+                keys
+            }
         }
     }
 }
@@ -338,6 +353,7 @@ impl Stores {
         let writer = SetpointWriter {
             writer,
             relisted: Vec::new(),
+            before: BTreeSet::new(),
         };
         (stores, writer)
     }
@@ -512,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn setpoints_are_announced_once_the_store_shows_them() {
+    fn setpoints_are_announced_once_the_store_shows_them_and_so_are_relist_deletions() {
         let (stores, mut writer) = Stores::new();
         let setpoint = |name: &str| {
             let spec = crate::ReplicaSetpointSpec {
@@ -535,13 +551,20 @@ mod tests {
             Event::InitDone,
         ] {
             for key in writer.apply(event) {
-                assert!(
-                    stores.setpoint(&key).is_some(),
-                    "{key} announced before it is stored"
-                );
-                announced.push(key.to_string());
+                announced.push((key.to_string(), stores.setpoint(&key).is_some()));
             }
         }
-        assert_eq!(announced, ["a/web", "a/api", "a/api", "a/db"]);
+        let stored = |key: &str, stored| (key.to_string(), stored);
+        assert_eq!(
+            announced,
+            [
+                stored("a/web", true),
+                stored("a/api", true),
+                stored("a/api", true),
+                stored("a/db", true),
+                // Deleted while the watch was down: announced once the store has dropped it.
+                stored("a/web", false),
+            ]
+        );
     }
 }

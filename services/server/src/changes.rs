@@ -51,6 +51,8 @@ pub struct Filter {
     pub namespace: String,
     pub selector: Selector,
     pub scope: Scope,
+    /// Of the namespace, selector and scope: a resume token is valid only for the same.
+    pub fingerprint: String,
 }
 
 impl Filter {
@@ -229,16 +231,20 @@ impl Changes {
             return Err(Domain::NotSynced.into());
         }
         let live = self.fanout.subscribe();
-        let seen = |change: &&Arc<Change>| change.seen_by(filter).is_some();
         if resume_token.is_empty() {
             return Ok(Start {
-                replay: state.current.values().filter(seen).cloned().collect(),
+                replay: state
+                    .current
+                    .values()
+                    .filter(|change| filter.sees(&change.key, change.labels.as_ref()))
+                    .cloned()
+                    .collect(),
                 snapshot: true,
                 seq: state.seq,
                 live,
             });
         }
-        let after = self.decode(resume_token, state.seq)?;
+        let after = self.decode(resume_token, &filter.fingerprint, state.seq)?;
         // The history holds every change after `after` only if its oldest is at most the
         // next one.
         let oldest = state
@@ -252,8 +258,7 @@ impl Changes {
             replay: state
                 .history
                 .iter()
-                .filter(|change| change.seq > after)
-                .filter(seen)
+                .filter(|change| change.seq > after && change.seen_by(filter).is_some())
                 .cloned()
                 .collect(),
             snapshot: false,
@@ -262,21 +267,25 @@ impl Changes {
         })
     }
 
-    pub fn token(&self, seq: u64) -> String {
-        format!("{:016x}.{seq}", self.epoch)
+    /// `<epoch>.<seq>.<fingerprint>`: this process, the change, the watch's filter.
+    pub fn token(&self, seq: u64, fingerprint: &str) -> String {
+        format!("{:016x}.{seq}.{fingerprint}", self.epoch)
     }
 
-    fn decode(&self, token: &str, newest: u64) -> Result<u64, Error> {
-        let (epoch, seq) = token
-            .split_once('.')
-            .and_then(|(epoch, seq)| {
-                Some((u64::from_str_radix(epoch, 16).ok()?, seq.parse().ok()?))
-            })
-            .ok_or(Domain::InvalidResumeToken)?;
+    fn decode(&self, token: &str, fingerprint: &str, newest: u64) -> Result<u64, Error> {
+        let mut parts = token.splitn(3, '.');
+        let (epoch, seq) = (parts.next(), parts.next());
+        let (Some(epoch), Some(seq), Some(of)) = (
+            epoch.and_then(|epoch| u64::from_str_radix(epoch, 16).ok()),
+            seq.and_then(|seq| seq.parse::<u64>().ok()),
+            parts.next(),
+        ) else {
+            return Err(Domain::InvalidResumeToken.into());
+        };
         if epoch != self.epoch {
             return Err(Domain::ResumeTokenExpired.into());
         }
-        if seq > newest {
+        if seq > newest || of != fingerprint {
             return Err(Domain::InvalidResumeToken.into());
         }
         Ok(seq)
@@ -402,6 +411,9 @@ pub struct Watches {
     pub policy: Shared<Policy>,
     /// Becomes true when the server starts draining: watches end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// A watch ends after this long (`--max-connection-age`), so that its connection can
+    /// close and clients rebalance and present fresh certificates; clients resume.
+    pub max_age: std::time::Duration,
 }
 
 impl Watches {
@@ -419,6 +431,11 @@ impl Watches {
         }
         let filter = Filter {
             selector: crate::selector::parse(&request.label_selector)?,
+            fingerprint: view::query_fingerprint(
+                &request.namespace,
+                &request.label_selector,
+                &caller.scope,
+            ),
             namespace: request.namespace,
             scope: caller.scope.clone(),
         };
@@ -431,7 +448,8 @@ impl Watches {
                 let _slot = slot;
                 if let Err(error) = watches.forward(&caller, &filter, start, &sender).await {
                     tracing::info!(%error, "watch ended");
-                    let _ = sender.send(Err(error)).await;
+                    // A client that reads nothing may never take it.
+                    let _ = tokio::time::timeout(RECHECK_INTERVAL, sender.send(Err(error))).await;
                 }
             }
             .in_current_span(),
@@ -439,8 +457,9 @@ impl Watches {
         Ok(receiver)
     }
 
-    /// Sends the start, then the live changes the filter sees; `Ok` when the caller has
-    /// gone away.
+    /// Sends the start (each event built as it is sent), SYNCED, then the live changes
+    /// the filter sees; `Ok` when the caller has gone away. While a send waits for the
+    /// client, stopping, policy changes, the watch's age and falling behind still end it.
     async fn forward(
         &self,
         caller: &Caller,
@@ -448,62 +467,76 @@ impl Watches {
         start: Start,
         sender: &mpsc::Sender<Result<Event, Error>>,
     ) -> Result<(), Error> {
-        let event = |kind, change: &Change, seq| Event {
+        let Start {
+            replay,
+            snapshot,
+            seq,
+            mut live,
+        } = start;
+        let token = |seq| self.changes.token(seq, &filter.fingerprint);
+        let event = |kind, change: &Change, resume_token| Event {
             kind,
             view: Some(change.view.clone()),
-            resume_token: self.changes.token(seq),
+            resume_token,
         };
-        let mut events = Vec::with_capacity(start.replay.len() + 1);
-        for change in &start.replay {
-            events.push(match (start.snapshot, change.seen_by(filter)) {
-                (true, _) => event(EventKind::Initial, change, start.seq),
-                (false, Some(Seen::Changed)) => event(EventKind::Changed, change, change.seq),
-                (false, _) => event(EventKind::Deleted, change, change.seq),
-            });
-        }
-        events.push(Event {
-            kind: EventKind::Synced,
-            view: None,
-            resume_token: self.changes.token(start.seq),
-        });
-        for event in events {
-            if sender.send(Ok(event)).await.is_err() {
-                return Ok(());
-            }
-        }
-        let (mut live, mut stop) = (start.live, self.stop.clone());
+        let seen = |change: &Change| match change.seen_by(filter) {
+            Some(Seen::Changed) => Some(event(EventKind::Changed, change, token(change.seq))),
+            Some(Seen::Deleted) => Some(event(EventKind::Deleted, change, token(change.seq))),
+            None => None,
+        };
+        let mut replay = replay.into_iter();
+        let mut synced = false;
+        let mut pending = None;
+        let mut stop = self.stop.clone();
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        let expires = tokio::time::sleep(self.max_age);
+        tokio::pin!(expires);
         loop {
-            let change = tokio::select! {
+            if pending.is_none() {
+                pending = match replay.next() {
+                    // The current state has no place to resume from until SYNCED.
+                    Some(change) if snapshot => {
+                        Some(event(EventKind::Initial, &change, String::new()))
+                    }
+                    Some(change) => seen(&change),
+                    None if !synced => {
+                        synced = true;
+                        Some(Event {
+                            kind: EventKind::Synced,
+                            view: None,
+                            resume_token: token(seq),
+                        })
+                    }
+                    None => None,
+                };
+            }
+            tokio::select! {
                 () = sender.closed() => return Ok(()),
                 _ = stop.wait_for(|stop| *stop) => return Err(Domain::ShuttingDown.into()),
+                () = &mut expires => return Err(Domain::WatchExpired.into()),
                 _ = recheck.tick() => {
                     self.reauthorize(caller)?;
-                    continue;
+                    // Stuck behind a client that does not read.
+                    if live.len() > FANOUT_BUFFER {
+                        return Err(Domain::WatchLagged { behind: live.len() as u64 }.into());
+                    }
                 }
-                change = live.recv() => change,
-            };
-            let change = match change {
-                Ok(change) => change,
-                Err(broadcast::error::RecvError::Lagged(behind)) => {
-                    return Err(Domain::WatchLagged { behind }.into());
+                permit = sender.reserve(), if pending.is_some() => match (permit, pending.take()) {
+                    (Ok(permit), Some(event)) => permit.send(Ok(event)),
+                    _ => return Ok(()),
+                },
+                change = live.recv(), if pending.is_none() && synced => {
+                    pending = match change {
+                        Ok(change) if change.seq > seq => seen(&change),
+                        Ok(_) => None,
+                        Err(broadcast::error::RecvError::Lagged(behind)) => {
+                            return Err(Domain::WatchLagged { behind }.into());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(Domain::ShuttingDown.into());
+                        }
+                    };
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(Domain::ShuttingDown.into());
-                }
-            };
-            let kind = match change.seen_by(filter) {
-                _ if change.seq <= start.seq => continue,
-                None => continue,
-                Some(Seen::Changed) => EventKind::Changed,
-                Some(Seen::Deleted) => EventKind::Deleted,
-            };
-            if sender
-                .send(Ok(event(kind, &change, change.seq)))
-                .await
-                .is_err()
-            {
-                return Ok(());
             }
         }
     }
@@ -561,6 +594,7 @@ mod tests {
             namespace: String::new(),
             selector: crate::selector::parse(selector).expect("selector"),
             scope: Scope::All,
+            fingerprint: format!("f{selector}"),
         }
     }
 
@@ -622,6 +656,23 @@ mod tests {
     }
 
     #[test]
+    fn the_current_state_is_what_matches_now() {
+        let changes = synced();
+        let web = filter("app=web");
+        changes.publish(key("kept"), Some(view_of("kept", 1)), labels("web"));
+        // Its last change touched only a label: still in the state.
+        let mut relabelled = labels("web").expect("labels");
+        relabelled.insert("unrelated".into(), "label".into());
+        changes.publish(key("kept"), Some(view_of("kept", 1)), Some(relabelled));
+        // Its last change took it out of the selector: not in the state.
+        changes.publish(key("left"), Some(view_of("left", 1)), labels("web"));
+        changes.publish(key("left"), Some(view_of("left", 1)), labels("api"));
+        let start = changes.start(&web, "").expect("start");
+        let keys: Vec<String> = start.replay.iter().map(|c| c.key.to_string()).collect();
+        assert_eq!(keys, ["a/kept"]);
+    }
+
+    #[test]
     fn a_start_is_the_current_state_or_the_changes_after_a_token() {
         let changes = Changes::default();
         let all = filter("");
@@ -636,7 +687,7 @@ mod tests {
         assert!(start.snapshot);
         let keys: Vec<String> = start.replay.iter().map(|c| c.key.to_string()).collect();
         assert_eq!(keys, ["a/db", "a/web"], "in key order");
-        let token = changes.token(start.seq);
+        let token = changes.token(start.seq, "f");
 
         changes.publish(key("web"), Some(view_of("web", 5)), labels("web"));
         let resumed = changes.start(&all, &token).expect("resume");
@@ -646,9 +697,11 @@ mod tests {
 
         for (bad, expected) in [
             ("garbage", Domain::InvalidResumeToken),
-            (&changes.token(99), Domain::InvalidResumeToken),
+            (&changes.token(99, "f"), Domain::InvalidResumeToken),
+            // Another watch's filter.
+            (&changes.token(1, "fapp=web"), Domain::InvalidResumeToken),
             (
-                &format!("{:016x}.1", changes.epoch ^ 1),
+                &format!("{:016x}.1.f", changes.epoch ^ 1),
                 Domain::ResumeTokenExpired,
             ),
         ] {
@@ -663,7 +716,7 @@ mod tests {
     fn a_token_older_than_the_history_has_expired() {
         let changes = synced();
         let all = filter("");
-        let token = changes.token(0);
+        let token = changes.token(0, "f");
         for replicas in 0..=HISTORY as i32 {
             changes.publish(key("web"), Some(view_of("web", replicas)), labels("web"));
         }
@@ -671,7 +724,20 @@ mod tests {
             changes.start(&all, &token),
             Err(Error::Domain(Domain::ResumeTokenExpired))
         ));
-        let recent = changes.token(2);
+        // The oldest change kept is 2: a token at 1 still has everything after it.
+        assert_eq!(
+            changes.lock().history.front().map(|change| change.seq),
+            Some(2)
+        );
+        assert_eq!(
+            changes
+                .start(&all, &changes.token(1, "f"))
+                .expect("the boundary")
+                .replay
+                .len(),
+            HISTORY
+        );
+        let recent = changes.token(2, "f");
         assert_eq!(
             changes
                 .start(&all, &recent)
@@ -691,6 +757,7 @@ mod tests {
             limits: Arc::new(WatchLimits::new(10, 10)),
             policy: Shared::new(policy),
             stop: stopped,
+            max_age: std::time::Duration::from_secs(3600),
         };
         (watches, stop)
     }

@@ -98,7 +98,7 @@ pub struct Config {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub max_watches_per_connection: usize,
 
-    /// Time limit for one RPC (a watch: until its first message).
+    /// Time limit for one RPC (a watch: until it is accepted; its stream is not limited).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

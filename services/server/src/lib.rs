@@ -249,6 +249,7 @@ impl Server {
             )),
             policy: current_policy.clone(),
             stop: stopped.clone(),
+            max_age: config.max_connection_age,
         };
         let api = ReplicaServiceServer::new(ReplicaApi { replicas, watches })
             .max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::cache::Cache;
 use crate::view::{self, DeploymentView, ListQuery};
+use setpoint_k8s::index::DeploymentRow;
 
 /// Attempts of the read-compare-write loop before a set gives up.
 const WRITE_ATTEMPTS: usize = 5;
@@ -125,16 +126,13 @@ impl Replicas {
         let (requested, expected) = (request.replicas, request.expected_version.clone());
         let (replicas, writer) = (Arc::clone(self), caller.clone());
         let write = async move { replicas.store(&writer, &request).await };
-        self.audited(
-            "SetReplicas",
-            &caller,
-            &key,
-            dry_run,
-            requested,
-            expected,
-            write,
-        )
-        .await
+        let method = if dry_run {
+            "SetReplicas dry run"
+        } else {
+            "SetReplicas"
+        };
+        self.audited(method, &caller, &key, dry_run, requested, expected, write)
+            .await
     }
 
     /// Deletes the setpoint, so the reconciler leaves the Deployment alone; answers with
@@ -248,27 +246,42 @@ impl Replicas {
             replicas: request.replicas,
             deployment_uid: deployment.uid.clone(),
         };
-        let (previous, stored) = if request.dry_run {
-            // The setpoint as the cache has it, with the new spec; the version is checked
-            // against the cache.
-            let current = self.cache.setpoint(key);
-            check_version(key, current.as_deref(), request.expected_version.as_deref())?;
-            let previous = current.as_ref().map(|setpoint| setpoint.spec.replicas);
-            let mut desired = current.map_or_else(
-                || ReplicaSetpoint::new(&key.name, spec.clone()),
-                |current| (*current).clone(),
-            );
-            desired.spec = spec;
-            (previous, desired)
-        } else {
-            self.write_limiter
-                .acquire(&caller.identity, Instant::now())?;
-            store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?
-        };
+        if request.dry_run {
+            return self.dry_run(key, &deployment, spec, request.expected_version.as_deref());
+        }
+        self.write_limiter
+            .acquire(&caller.identity, Instant::now())?;
+        let (previous, stored) =
+            store_setpoint(&self.client, key, spec, request.expected_version.as_deref()).await?;
         Ok((
             previous,
             Some(stored.spec.replicas),
             view::view(key.clone(), &deployment, Some(&stored)),
+        ))
+    }
+
+    /// What a write of `spec` would answer, from the cache: an unchanged spec leaves the
+    /// setpoint as it is; a new one is pending. The version is the current one ("" for
+    /// none), which is what `expected_version` is checked against.
+    fn dry_run(
+        &self,
+        key: &DeploymentKey,
+        deployment: &DeploymentRow,
+        spec: ReplicaSetpointSpec,
+        expected_version: Option<&str>,
+    ) -> Result<(Option<i32>, Option<i32>, DeploymentView), Error> {
+        let current = self.cache.setpoint(key);
+        check_version(key, current.as_deref(), expected_version)?;
+        let desired = match current.as_deref() {
+            Some(current) if current.spec == spec => current.clone(),
+            _ => ReplicaSetpoint::new(&key.name, spec),
+        };
+        let mut answer = view::view(key.clone(), deployment, Some(&desired));
+        answer.version = current.as_deref().map(setpoint_version).unwrap_or_default();
+        Ok((
+            current.map(|current| current.spec.replicas),
+            Some(desired.spec.replicas),
+            answer,
         ))
     }
 
@@ -281,7 +294,13 @@ impl Replicas {
     ) -> Result<(Option<i32>, Option<i32>, Option<DeploymentView>), Error> {
         caller.check_write(&key.namespace, &self.protected_namespaces)?;
         let deployments = self.cache.deployments()?;
-        if self.cache.setpoint(key).is_none() {
+        // The cache may not show a setpoint created a moment ago: ask before refusing.
+        if self.cache.setpoint(key).is_none()
+            && Api::<ReplicaSetpoint>::namespaced(self.client.clone(), &key.namespace)
+                .get_opt(&key.name)
+                .await?
+                .is_none()
+        {
             return Err(setpoint_core::Error::NotManaged(key.clone()).into());
         }
         self.write_limiter

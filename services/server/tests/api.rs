@@ -724,6 +724,11 @@ async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
             .expect("replicas");
         assert_eq!(answer.desired_replicas, Some(3));
         assert_eq!(answer.spec_replicas, 1);
+        assert_eq!(answer.reconcile_state(), ReconcileState::Pending);
+        assert_eq!(
+            answer.version, "",
+            "no setpoint yet: the version a write expects"
+        );
     }
     let setpoints = Api::<ReplicaSetpoint>::namespaced(admin().await, &namespace);
     assert!(
@@ -778,6 +783,16 @@ async fn release_stops_management_with_a_version_precondition() {
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
 
+    // Released at once after being set: the server asks the API server rather than
+    // trusting a cache that may not show the new setpoint yet.
+    operator
+        .set_replicas(set_request(&namespace, "api", 2))
+        .await
+        .expect("set");
+    operator
+        .release_deployment(release(&namespace, "api", None))
+        .await
+        .expect("released right after it was set");
     let unmanaged = operator
         .release_deployment(release(&namespace, "api", None))
         .await

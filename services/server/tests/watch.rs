@@ -204,12 +204,14 @@ async fn a_watch_resumes_after_its_token_and_bad_tokens_get_their_codes() {
         (WatchEventType::Changed, "web", 3)
     );
 
-    for (token, code) in [
-        ("not-a-token", Code::InvalidArgument),
+    for (selector, token, code) in [
+        ("", "not-a-token", Code::InvalidArgument),
         // Another server process's (or an earlier run's) token.
-        ("0123456789abcdef.1", Code::OutOfRange),
+        ("", "0123456789abcdef.1.00", Code::OutOfRange),
+        // This server's token, for another filter.
+        ("app=web", token.as_str(), Code::InvalidArgument),
     ] {
-        let status = match watch(&mut viewer, request(&namespace, "", token)).await {
+        let status = match watch(&mut viewer, request(&namespace, selector, token)).await {
             Ok(mut stream) => next(&mut stream).await.expect_err("refused"),
             Err(status) => status,
         };

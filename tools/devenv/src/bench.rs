@@ -111,6 +111,8 @@ struct Watchers {
     /// From the first call to every watcher's SYNCED.
     synced: Duration,
     rss_before: u64,
+    /// The peak while every watcher received its initial state.
+    rss_peak: u64,
     rss_after: u64,
     /// Write acknowledged by the API server → the last watcher has the change.
     all_p50: Duration,
@@ -809,6 +811,7 @@ async fn watchers(
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = memory(server.pid, "VmRSS")?;
+    std::fs::write(format!("/proc/{}/clear_refs", server.pid), "5")?;
     let connections = args.watchers.div_ceil(WATCHES_PER_CONNECTION);
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -843,13 +846,22 @@ async fn watchers(
             anyhow::Ok(())
         });
     }
+    // Only the watchers hold senders now: a failed one shows as a closed channel.
+    drop((synced_tx, seen_tx));
     for _ in 0..args.watchers {
-        tokio::time::timeout(Duration::from_secs(300), synced_rx.recv())
+        let synced = tokio::time::timeout(Duration::from_secs(300), synced_rx.recv())
             .await
-            .context("watchers did not all sync within 300 s")?
-            .context("a watcher failed")?;
+            .context("watchers did not all sync within 300 s")?;
+        if let Some(ended) = tasks.try_join_next() {
+            anyhow::bail!(
+                "a watcher ended: {:?}",
+                ended.map_err(|error| error.to_string())
+            );
+        }
+        synced.context("the watchers ended")?;
     }
     let synced = started.elapsed();
+    let rss_peak = memory(server.pid, "VmHWM")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = memory(server.pid, "VmRSS")?;
 
@@ -896,6 +908,7 @@ async fn watchers(
         deployments: count,
         synced,
         rss_before,
+        rss_peak,
         rss_after,
         all_p50: quantile(&all, 0.5),
         all_p99: quantile(&all, 0.99),
@@ -1182,7 +1195,7 @@ fn report(args: &Args, sizes: &[Size], watchers: Option<&Watchers>) -> String {
              (each watcher first receives all of them):\n\n\
              | figure | value |\n|---|---|\n\
              | every watcher synced (initial state sent) | {} |\n\
-             | resident memory before → with the watchers | {} → {} ({:.1} KiB per watcher) |\n\
+             | resident memory before → peak while they synced → with the watchers | {} → {} → {} ({:.1} KiB per watcher) |\n\
              | a Deployment's status changed through the API server → the last watcher has the change, p50 / p99 of {} changes | {} / {} |\n\
              | → each watcher has it, p50 / p99 of every delivery | {} / {} |",
             watchers.watchers,
@@ -1190,6 +1203,7 @@ fn report(args: &Args, sizes: &[Size], watchers: Option<&Watchers>) -> String {
             watchers.deployments,
             ms(watchers.synced),
             mib(watchers.rss_before),
+            mib(watchers.rss_peak),
             mib(watchers.rss_after),
             per_watcher as f64 / 1024.0,
             args.watch_changes,

@@ -48,7 +48,7 @@ fn domain_code(error: &Domain) -> Code {
         Domain::RateLimited { .. } | Domain::TooManyWatches { .. } | Domain::WatchLagged { .. } => {
             Code::ResourceExhausted
         }
-        Domain::NotSynced | Domain::ShuttingDown => Code::Unavailable,
+        Domain::NotSynced | Domain::ShuttingDown | Domain::WatchExpired => Code::Unavailable,
         Domain::ResumeTokenExpired => Code::OutOfRange,
         Domain::InvalidResumeToken => Code::InvalidArgument,
         Domain::ScopeChanged => Code::Aborted,
@@ -166,6 +166,7 @@ mod tests {
             (Domain::InvalidResumeToken, Code::InvalidArgument),
             (Domain::ScopeChanged, Code::Aborted),
             (Domain::ShuttingDown, Code::Unavailable),
+            (Domain::WatchExpired, Code::Unavailable),
             (
                 Domain::ManagedByAutoscaler {
                     key: key.clone(),
