@@ -29,8 +29,8 @@ pub struct DeploymentRow {
     pub uid: String,
     /// Guards the reconciler's scale write.
     pub resource_version: String,
-    /// For label selectors.
-    pub labels: BTreeMap<String, String>,
+    /// For label selectors; shared with WatchDeployments' changes.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub spec_replicas: i32,
     pub ready_replicas: i32,
     pub available_replicas: i32,
@@ -43,7 +43,7 @@ impl From<&Deployment> for DeploymentRow {
         Self {
             uid: deployment.uid().unwrap_or_default(),
             resource_version: deployment.resource_version().unwrap_or_default(),
-            labels: deployment.labels().clone(),
+            labels: Arc::new(deployment.labels().clone()),
             spec_replicas: spec_replicas(deployment),
             ready_replicas: status.ready_replicas.unwrap_or(0),
             available_replicas: status.available_replicas.unwrap_or(0),

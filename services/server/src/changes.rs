@@ -29,17 +29,18 @@ pub const HISTORY: usize = 4096;
 /// Changes a watcher may fall behind by before it is dropped.
 pub const FANOUT_BUFFER: usize = 1024;
 
+type Labels = Arc<BTreeMap<String, String>>;
+
 /// One change of what the API shows about a Deployment.
 #[derive(Debug)]
 pub struct Change {
     pub seq: u64,
-    pub key: DeploymentKey,
-    /// The Deployment's view; for a deleted one, as last seen.
+    /// The Deployment's view (with its key); for a deleted one, as last seen.
     pub view: DeploymentView,
-    /// Its labels now; `None` once it is deleted.
-    pub labels: Option<BTreeMap<String, String>>,
+    /// Its labels now (shared with the index); `None` once it is deleted.
+    pub labels: Option<Labels>,
     /// Its labels before this change; `None` if it did not exist.
-    pub previous_labels: Option<BTreeMap<String, String>>,
+    pub previous_labels: Option<Labels>,
     /// The view differs from the one before (not only the labels).
     pub view_changed: bool,
 }
@@ -56,7 +57,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn sees(&self, key: &DeploymentKey, labels: Option<&BTreeMap<String, String>>) -> bool {
+    fn sees(&self, key: &DeploymentKey, labels: Option<&Labels>) -> bool {
         labels.is_some_and(|labels| {
             (self.namespace.is_empty() || self.namespace == key.namespace)
                 && self.scope.allows(&key.namespace)
@@ -78,8 +79,8 @@ impl Change {
     /// Only what a watcher can see: a label change that neither brings the Deployment
     /// into its set nor takes it out is none.
     pub fn seen_by(&self, filter: &Filter) -> Option<Seen> {
-        let before = filter.sees(&self.key, self.previous_labels.as_ref());
-        match (before, filter.sees(&self.key, self.labels.as_ref())) {
+        let before = filter.sees(&self.view.key, self.previous_labels.as_ref());
+        match (before, filter.sees(&self.view.key, self.labels.as_ref())) {
             (true, true) if !self.view_changed => None,
             (_, true) => Some(Seen::Changed),
             (true, false) => Some(Seen::Deleted),
@@ -182,12 +183,7 @@ impl Changes {
 
     /// Records and sends a change if `now` (with `labels`) differs from the latest view
     /// of `key`; `None`: it does not exist.
-    fn publish(
-        &self,
-        key: DeploymentKey,
-        now: Option<DeploymentView>,
-        labels: Option<BTreeMap<String, String>>,
-    ) {
+    fn publish(&self, key: DeploymentKey, now: Option<DeploymentView>, labels: Option<Labels>) {
         let mut state = self.lock();
         let before = state.current.get(&key);
         let view = match (now, before) {
@@ -205,7 +201,6 @@ impl Changes {
         state.seq += 1;
         let change = Arc::new(Change {
             seq: state.seq,
-            key: key.clone(),
             view,
             labels,
             previous_labels,
@@ -236,7 +231,7 @@ impl Changes {
                 replay: state
                     .current
                     .values()
-                    .filter(|change| filter.sees(&change.key, change.labels.as_ref()))
+                    .filter(|change| filter.sees(&change.view.key, change.labels.as_ref()))
                     .cloned()
                     .collect(),
                 snapshot: true,
@@ -579,8 +574,19 @@ mod tests {
         }
     }
 
-    fn labels(app: &str) -> Option<BTreeMap<String, String>> {
-        Some(BTreeMap::from([("app".to_string(), app.to_string())]))
+    fn labels(app: &str) -> Option<Labels> {
+        Some(Arc::new(BTreeMap::from([(
+            "app".to_string(),
+            app.to_string(),
+        )])))
+    }
+
+    /// `app=web` and an unrelated label.
+    fn web_and_more() -> Option<Labels> {
+        Some(Arc::new(BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("unrelated".to_string(), "label".to_string()),
+        ])))
     }
 
     fn synced() -> Changes {
@@ -631,9 +637,7 @@ mod tests {
         changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
         changes.publish(key("x"), Some(view_of("x", 2)), labels("api"));
         changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
-        let mut unrelated = labels("web").expect("labels");
-        unrelated.insert("unrelated".into(), "label".into());
-        changes.publish(key("x"), Some(view_of("x", 2)), Some(unrelated));
+        changes.publish(key("x"), Some(view_of("x", 2)), web_and_more());
         changes.publish(key("x"), None, None);
         let seen: Vec<Option<Seen>> = changes
             .lock()
@@ -661,14 +665,16 @@ mod tests {
         let web = filter("app=web");
         changes.publish(key("kept"), Some(view_of("kept", 1)), labels("web"));
         // Its last change touched only a label: still in the state.
-        let mut relabelled = labels("web").expect("labels");
-        relabelled.insert("unrelated".into(), "label".into());
-        changes.publish(key("kept"), Some(view_of("kept", 1)), Some(relabelled));
+        changes.publish(key("kept"), Some(view_of("kept", 1)), web_and_more());
         // Its last change took it out of the selector: not in the state.
         changes.publish(key("left"), Some(view_of("left", 1)), labels("web"));
         changes.publish(key("left"), Some(view_of("left", 1)), labels("api"));
         let start = changes.start(&web, "").expect("start");
-        let keys: Vec<String> = start.replay.iter().map(|c| c.key.to_string()).collect();
+        let keys: Vec<String> = start
+            .replay
+            .iter()
+            .map(|c| c.view.key.to_string())
+            .collect();
         assert_eq!(keys, ["a/kept"]);
     }
 
@@ -685,7 +691,11 @@ mod tests {
         changes.publish(key("db"), Some(view_of("db", 1)), labels("db"));
         let start = changes.start(&all, "").expect("start");
         assert!(start.snapshot);
-        let keys: Vec<String> = start.replay.iter().map(|c| c.key.to_string()).collect();
+        let keys: Vec<String> = start
+            .replay
+            .iter()
+            .map(|c| c.view.key.to_string())
+            .collect();
         assert_eq!(keys, ["a/db", "a/web"], "in key order");
         let token = changes.token(start.seq, "f");
 
