@@ -63,6 +63,8 @@ use crate::tls::{HandshakeLimits, TlsFiles};
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Largest response message: a full page of 500 Deployments fits easily.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Dry runs allowed per write of the write budget (they write nothing, but are audited).
+const DRY_RUNS_PER_WRITE: u32 = 10;
 /// HTTP/2 streams (concurrent RPCs) per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -235,6 +237,10 @@ impl Server {
             max_replicas: config.max_replicas,
             protected_namespaces: config.protected_namespaces(),
             write_limiter: WriteLimiter::new(config.writes_per_minute, config.write_burst),
+            dry_run_limiter: WriteLimiter::new(
+                config.writes_per_minute.saturating_mul(DRY_RUNS_PER_WRITE),
+                config.write_burst.saturating_mul(DRY_RUNS_PER_WRITE),
+            ),
             write_timeout: config.request_timeout,
             writes: TaskTracker::new(),
         });

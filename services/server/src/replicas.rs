@@ -63,6 +63,8 @@ pub struct Replicas {
     pub protected_namespaces: BTreeSet<String>,
     /// Spent only by writes that passed every check, just before they are made.
     pub write_limiter: WriteLimiter,
+    /// Dry runs write nothing but are audited: their own budget, ten times the writes'.
+    pub dry_run_limiter: WriteLimiter,
     /// Bound on one set (its reads and writes), which outlives a caller that gives up:
     /// the RPC's own time limit, so a patient caller sees the timeout itself.
     pub write_timeout: Duration,
@@ -247,6 +249,8 @@ impl Replicas {
             deployment_uid: deployment.uid.clone(),
         };
         if request.dry_run {
+            self.dry_run_limiter
+                .acquire(&caller.identity, Instant::now())?;
             return self.dry_run(key, &deployment, spec, request.expected_version.as_deref());
         }
         self.write_limiter

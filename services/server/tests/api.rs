@@ -773,6 +773,20 @@ async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
         })
         .count();
     assert_eq!(dry_runs, 3, "each dry run audited as one");
+    // Dry runs have a budget of their own, ten times the writes' (burst 1 → 10): three
+    // passed above and the stale-version one spent one (like a write, it is refused only
+    // at the version check), so six more pass and the next does not.
+    for _ in 0..6 {
+        operator
+            .set_replicas(dry_run(&namespace, "web", 3))
+            .await
+            .expect("within the dry-run budget");
+    }
+    let flood = operator
+        .set_replicas(dry_run(&namespace, "web", 3))
+        .await
+        .expect_err("over the dry-run budget");
+    assert_eq!(flood.code(), Code::ResourceExhausted, "{flood}");
 }
 
 #[tokio::test]
