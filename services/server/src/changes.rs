@@ -289,7 +289,6 @@ impl Changes {
 
 /// Open watches per identity and per connection, with a slot that gives its place back
 /// when dropped.
-#[derive(Default)]
 pub struct WatchLimits {
     pub per_identity: usize,
     pub per_connection: usize,

@@ -47,14 +47,15 @@ pub struct Config {
           value_parser = clap::value_parser!(i32).range(1..=i64::from(SCHEMA_MAX_REPLICAS)))]
     pub max_replicas: i32,
 
-    /// SetReplicas calls each client identity may make per minute on this replica (one
-    /// every 60/N seconds after a burst of `--write-burst`); more get RESOURCE_EXHAUSTED.
-    /// Only writes that pass validation and authorization count.
+    /// SetReplicas and ReleaseDeployment calls each client identity may make per minute
+    /// on this replica (one every 60/N seconds after a burst of `--write-burst`); more get
+    /// RESOURCE_EXHAUSTED. Only writes that pass validation and authorization count. Dry
+    /// runs have a budget ten times this (and ten times the burst).
     #[arg(long, env = "SETPOINT_WRITES_PER_MINUTE", default_value_t = 60,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub writes_per_minute: u32,
 
-    /// SetReplicas calls an identity may make at once before `--writes-per-minute`
+    /// Writes an identity may make at once before `--writes-per-minute`
     /// paces it (the token bucket's size).
     #[arg(long, env = "SETPOINT_WRITE_BURST", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]

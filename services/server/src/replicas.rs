@@ -1,8 +1,9 @@
 //! The API's operations in domain terms: list, get and set replica counts, and release a
 //! Deployment, for an authorized [`Caller`]. Reads come from the watch cache; a set
 //! validates, refuses Deployments an HPA scales, spends from the caller's write budget,
-//! stores the setpoint with a compare-and-swap and leaves an audit event (a dry run stops
-//! before spending and storing); a release deletes the setpoint the same way. No gRPC types: [`crate::grpc`] turns messages into these calls.
+//! stores the setpoint with a compare-and-swap and leaves an audit event (a dry run spends
+//! from its own, larger budget and stores nothing); a release deletes the setpoint the
+//! same way. No gRPC types: [`crate::grpc`] turns messages into these calls.
 
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use setpoint_core::key::{page_size, validate_namespace, validate_replicas};
 use setpoint_core::limits::WriteLimiter;
 use setpoint_core::{AUDIT, Caller, DeploymentKey};
+use setpoint_k8s::index::DeploymentRow;
 use setpoint_k8s::{API_FIELD_MANAGER, ReplicaSetpoint, ReplicaSetpointSpec, setpoint_version};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -21,7 +23,6 @@ use tracing::Instrument;
 use crate::Error;
 use crate::cache::Cache;
 use crate::view::{self, DeploymentView, ListQuery};
-use setpoint_k8s::index::DeploymentRow;
 
 /// Attempts of the read-compare-write loop before a set gives up.
 const WRITE_ATTEMPTS: usize = 5;
@@ -53,6 +54,15 @@ pub struct SetRequest {
     pub expected_version: Option<String>,
     /// Check everything, write nothing.
     pub dry_run: bool,
+}
+
+/// What a write is, for its audit events.
+struct Intent {
+    /// The audit events' message, e.g. "SetReplicas dry run".
+    method: &'static str,
+    dry_run: bool,
+    requested: Option<i32>,
+    expected_version: Option<String>,
 }
 
 pub struct Replicas {
@@ -124,17 +134,20 @@ impl Replicas {
         caller: Caller,
         request: SetRequest,
     ) -> Result<DeploymentView, Error> {
-        let (key, dry_run) = (request.key.clone(), request.dry_run);
-        let (requested, expected) = (request.replicas, request.expected_version.clone());
+        let key = request.key.clone();
+        let intent = Intent {
+            method: if request.dry_run {
+                "SetReplicas dry run"
+            } else {
+                "SetReplicas"
+            },
+            dry_run: request.dry_run,
+            requested: Some(request.replicas),
+            expected_version: request.expected_version.clone(),
+        };
         let (replicas, writer) = (Arc::clone(self), caller.clone());
         let write = async move { replicas.store(&writer, &request).await };
-        let method = if dry_run {
-            "SetReplicas dry run"
-        } else {
-            "SetReplicas"
-        };
-        self.audited(method, &caller, &key, dry_run, requested, expected, write)
-            .await
+        self.audited(intent, &caller, &key, write).await
     }
 
     /// Deletes the setpoint, so the reconciler leaves the Deployment alone; answers with
@@ -145,46 +158,44 @@ impl Replicas {
         key: DeploymentKey,
         expected_version: Option<String>,
     ) -> Result<Option<DeploymentView>, Error> {
-        let (replicas, writer) = (Arc::clone(self), caller.clone());
-        let (target, expected) = (key.clone(), expected_version.clone());
+        let intent = Intent {
+            method: "ReleaseDeployment",
+            dry_run: false,
+            requested: None,
+            expected_version: expected_version.clone(),
+        };
+        let (replicas, writer, target) = (Arc::clone(self), caller.clone(), key.clone());
         let write = async move {
             replicas
-                .unmanage(&writer, &target, expected.as_deref())
+                .unmanage(&writer, &target, expected_version.as_deref())
                 .await
         };
-        self.audited(
-            "ReleaseDeployment",
-            &caller,
-            &key,
-            false,
-            None,
-            expected_version,
-            write,
-        )
-        .await
+        self.audited(intent, &caller, &key, write).await
     }
 
     /// Runs a write in a task of its own, so a caller that cancels or runs out of time
     /// cannot cut it off from its audit event; `write_timeout` bounds it. The audit log
     /// gets the intent before anything is written and the outcome (with the previous and
     /// the new desired replicas) after.
-    #[allow(clippy::too_many_arguments)]
     async fn audited<T: Send + 'static>(
         &self,
-        method: &'static str,
+        intent: Intent,
         caller: &Caller,
         key: &DeploymentKey,
-        dry_run: bool,
-        requested: impl Into<Option<i32>>,
-        expected_version: Option<String>,
         write: impl Future<Output = Result<(Option<i32>, Option<i32>, T), Error>> + Send + 'static,
     ) -> Result<T, Error> {
         let (identity, deployment) = (caller.identity.clone(), key.clone());
+        let Intent {
+            method,
+            dry_run,
+            requested,
+            expected_version,
+        } = intent;
         tracing::info!(
             target: AUDIT,
             %identity,
             %deployment,
-            requested = requested.into(),
+            requested,
             expected_version,
             dry_run,
             "{method} requested"
