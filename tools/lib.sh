@@ -4,6 +4,12 @@
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${SETPOINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/setpoint}
 
+# The offline Bazel module registry and sources (tools/bazel/airgap): where
+# SETPOINT_AIRGAP_BUNDLE says, else ../shared/bazel-offline beside the checkout, else
+# /work/shared/bazel-offline (where the CI machines keep it, whatever the clone's path).
+airgap_bundle=${SETPOINT_AIRGAP_BUNDLE:-$(cd "$tools_dir/../.." && pwd)/shared/bazel-offline}
+[[ -d $airgap_bundle || -n ${SETPOINT_AIRGAP_BUNDLE:-} ]] || airgap_bundle=/work/shared/bazel-offline
+
 # module_version <module dir under tools/> <module path>
 module_version() { (cd "$tools_dir/$1" && GOWORK=off go list -m -f '{{.Version}}' "$2"); }
 

@@ -628,8 +628,9 @@ where
 }
 
 /// The directory holding etcd, kube-apiserver and kube-controller-manager:
-/// `$SETPOINT_CONTROLPLANE_DIR` if set, else what `tools/controlplane/build.sh` builds
-/// (a no-op when the pinned versions are in the cache).
+/// `$SETPOINT_CONTROLPLANE_DIR` if set (under Bazel, the `@controlplane` repository's),
+/// else what `tools/controlplane/build.sh` builds (a no-op when the pinned versions are
+/// in the cache).
 async fn locate_binaries() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("SETPOINT_CONTROLPLANE_DIR") {
         return Ok(dir.into());
@@ -638,8 +639,8 @@ async fn locate_binaries() -> Result<PathBuf, Error> {
         // Under `bazel test` the checkout (and the build script) is out of reach.
         return Err(Error::Build {
             script: "tools/controlplane/build.sh".into(),
-            reason: "under Bazel, set SETPOINT_CONTROLPLANE_DIR to its output (`make test \
-                     BUILD=bazel` does)"
+            reason: "under Bazel, the test target needs CONTROLPLANE_DATA and \
+                     CONTROLPLANE_ENV (tools/bazel/controlplane.bzl)"
                 .into(),
         });
     }

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Debian's protoc (protobuf-compiler), for proto_library under --config=airgap.
+exec /usr/bin/protoc "$@"
