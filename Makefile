@@ -55,11 +55,12 @@ else
 	$(CARGO) build --workspace --locked --bins
 endif
 
+# Under Bazel the @controlplane repository builds the control plane (tools/bazel/controlplane.bzl).
 .PHONY: test
-test: controlplane ## Unit and integration tests (against a real local control plane)
+test: $(if $(filter cargo,$(BUILD)),controlplane) ## Unit and integration tests (against a real local control plane)
 	$(USING)
 ifeq ($(BUILD),bazel)
-	SETPOINT_CONTROLPLANE_DIR=$$(tools/controlplane/build.sh) $(BAZEL) test //...
+	$(BAZEL) test //...
 else
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked
@@ -84,7 +85,13 @@ soak: controlplane ## 200 clients for 10 min at 10,000 Deployments; fails on any
 FUZZ_CASES ?= 20000
 .PHONY: fuzz
 fuzz: ## Property tests ("fuzz"): request validation, selector, page token, policy parsers, FUZZ_CASES each
+	$(USING)
+ifeq ($(BUILD),bazel)
+	$(BAZEL) test --test_env=PROPTEST_CASES=$(FUZZ_CASES) --test_arg=properties --test_output=summary \
+	  //services/core:setpoint_core_unit_test //services/server:setpoint_server_unit_test
+else
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-server --lib properties
+endif
 
 .PHONY: image
 image: $(if $(filter cargo,$(BUILD)),$(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX))) ## Static server in a reproducible OCI image archive (Cargo: and its SBOM; no Docker on Linux): target/image/
@@ -155,9 +162,14 @@ $(CARGO_CYCLONEDX):
 	$(CARGO) install --locked --quiet cargo-cyclonedx@$(CARGO_CYCLONEDX_VERSION) --root $(TOOLS_CACHE)/cargo-cyclonedx-$(CARGO_CYCLONEDX_VERSION)
 
 .PHONY: lint
-lint: ## rustfmt, clippy (warnings are errors), buildifier, actionlint, the Bazel files against Cargo
+lint: ## rustfmt, clippy (warnings are errors; Bazel: as aspects), buildifier, actionlint, the Bazel files against Cargo
+	$(USING)
+ifeq ($(BUILD),bazel)
+	$(BAZEL) build --config=lint //...
+else
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+endif
 	lint=$$(tools/lint/build.sh) && $$lint/buildifier --mode=check --lint=warn -r . && $$lint/actionlint
 	$(CARGO) test --locked --quiet -p bazelcheck
 

@@ -22,7 +22,7 @@ def _controlplane_impl(rctx):
     rctx.file("BUILD.bazel", """\
 # The directory of the three binaries: testenv reads it from SETPOINT_CONTROLPLANE_DIR.
 filegroup(
-    name = "bin",
+    name = "binaries",
     srcs = ["bin"],
     visibility = ["//visibility:public"],
 )
@@ -43,5 +43,5 @@ controlplane = module_extension(implementation = _controlplane_extension_impl)
 
 # For a test that starts the control plane (tools/testenv): the binaries in its runfiles,
 # and their directory in the variable testenv reads.
-CONTROLPLANE_DATA = ["@controlplane//:bin"]
-CONTROLPLANE_ENV = {"SETPOINT_CONTROLPLANE_DIR": "$(rootpath @controlplane//:bin)"}
+CONTROLPLANE_DATA = ["@controlplane//:binaries"]
+CONTROLPLANE_ENV = {"SETPOINT_CONTROLPLANE_DIR": "$(rootpath @controlplane//:binaries)"}
