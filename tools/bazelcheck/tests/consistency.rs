@@ -1,12 +1,12 @@
-//! The Bazel files against what Cargo builds: every crate target has its Bazel target
-//! (with the crate's version),
-//! every source file is in one, every file read across folders is compile data, every
-//! member Cargo.toml is in MODULE.bazel, the Rust version is rust-toolchain.toml's,
-//! every proto is in a proto_library, and the Bazel image is configured like
-//! setpoint-image's. `make lint` runs it (Bazel cannot run on these machines).
+//! What Bazel cannot see for itself: every crate target Cargo builds has its Bazel target
+//! (with the crate's version and workspace dependencies), so no test runs under one
+//! build only; every member Cargo.toml is in MODULE.bazel; the Rust version is
+//! rust-toolchain.toml's; every proto is in a proto_library. (A missing source file,
+//! compile data or dependency fails the Bazel build itself; the two images are compared
+//! by //tools/ociimage:image_parity_test.) `make lint` runs it.
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bazelcheck::{Call, File, Value, files_of, package_files};
@@ -117,20 +117,6 @@ fn absolute(label: &str, package: &str) -> String {
     } else {
         let name = label.rsplit('/').next().unwrap_or_default();
         format!("{label}:{name}")
-    }
-}
-
-/// The repository path of a source-file label (`//docs:x.md` → `docs/x.md`).
-fn path_of(label: &str, package: &str) -> String {
-    let label = absolute(label, package);
-    let (package, name) = label
-        .trim_start_matches("//")
-        .split_once(':')
-        .expect("package:name");
-    if package.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{package}/{name}")
     }
 }
 
@@ -253,73 +239,6 @@ fn every_crate_target_has_its_bazel_target_with_its_workspace_dependencies() {
 }
 
 #[test]
-fn every_rust_file_is_in_a_bazel_target() {
-    let mut problems = Vec::new();
-    for package in packages() {
-        let build = build_file(&package.dir);
-        let covered: BTreeSet<String> = rust_rules(&build)
-            .flat_map(|call| srcs(call, &package.dir))
-            .collect();
-        for file in package_files(&root().join(&package.dir)).expect("package files") {
-            if file.ends_with(".rs") && !covered.contains(&file) {
-                problems.push(format!(
-                    "{}/{file} is in no Bazel target's srcs",
-                    package.dir
-                ));
-            }
-        }
-    }
-    check(problems);
-}
-
-/// `a/b/../c` → `a/c`.
-fn normalize(path: &Path) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                parts.pop();
-            }
-            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
-            _ => {}
-        }
-    }
-    parts.join("/")
-}
-
-#[test]
-fn files_read_at_compile_time_are_compile_data() {
-    let include = regex::Regex::new(r#"include_(?:str|bytes)!\(\s*"([^"]+)"\s*\)"#).expect("regex");
-    let mut problems = Vec::new();
-    for package in packages() {
-        let build = build_file(&package.dir);
-        for call in rust_rules(&build) {
-            let data: BTreeSet<String> = call
-                .strings("compile_data")
-                .into_iter()
-                .map(|label| path_of(label, &package.dir))
-                .collect();
-            for src in srcs(call, &package.dir) {
-                let file = Path::new(&package.dir).join(&src);
-                let text = std::fs::read_to_string(root().join(&file)).expect("source");
-                for read in include.captures_iter(&text) {
-                    let target = normalize(&file.parent().expect("folder").join(&read[1]));
-                    if !data.contains(&target) {
-                        problems.push(format!(
-                            "{}: {} reads {target}; add it to compile_data of {}",
-                            package.dir,
-                            src,
-                            call.name().unwrap_or("?")
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    check(problems);
-}
-
-#[test]
 fn module_lists_every_member_cargo_toml_and_the_lockfile() {
     let module = File::read(root().join("MODULE.bazel")).expect("MODULE.bazel");
     let from_cargo = module
@@ -400,57 +319,4 @@ fn every_proto_is_in_a_proto_library_and_feeds_the_rust_api() {
             .contains(&"//protos:setpoint_v1_files"),
         "the api build script reads the protos"
     );
-}
-
-#[test]
-fn the_bazel_image_is_configured_like_setpoint_image() {
-    let build = build_file("services/server");
-    let image = build.target("image").expect("oci_image image");
-    let one = |keyword: &str| {
-        image
-            .get(keyword)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    assert_eq!(one("user").as_deref(), Some(ociimage::USER));
-    assert_eq!(image.strings("entrypoint"), [ociimage::ENTRYPOINT]);
-    assert_eq!(image.strings("exposed_ports"), ociimage::EXPOSED_PORTS);
-    assert_eq!(one("base").as_deref(), Some("@distroless_static"));
-
-    let labels = build
-        .target(one("labels").expect("labels").trim_start_matches(':'))
-        .expect("the labels' expand_template");
-    let version = packages()
-        .into_iter()
-        .find(|package| package.dir == "tools/ociimage")
-        .expect("ociimage")
-        .version;
-    let expected: Vec<String> = ociimage::labels(&version, ociimage::SOURCE, "unknown")
-        .iter()
-        .map(|(key, value)| format!("org.opencontainers.image.{key}={value}"))
-        .collect();
-    assert_eq!(labels.strings("template"), expected);
-    let stamped = labels
-        .get("stamp_substitutions")
-        .and_then(Value::string_pairs);
-    assert_eq!(
-        stamped,
-        Some(vec![("revision=unknown", "revision={{STABLE_GIT_COMMIT}}")])
-    );
-
-    // Static glibc in both.
-    let layer = build.target("image_layer").expect("image_layer");
-    let copy = build
-        .target(layer.strings("srcs")[0].trim_start_matches(':'))
-        .expect("copy");
-    let binary = build
-        .target(copy.strings("src")[0].trim_start_matches(':'))
-        .expect("binary");
-    assert!(
-        binary
-            .strings("rustc_flags")
-            .contains(&"target-feature=+crt-static")
-    );
-    let makefile = std::fs::read_to_string(root().join("Makefile")).expect("Makefile");
-    assert!(makefile.contains("RUSTFLAGS='-C target-feature=+crt-static"));
 }

@@ -26,7 +26,7 @@ pub const SOURCE: &str = "https://github.com/setpoint-dev/setpoint";
 
 /// The image's `org.opencontainers.image.*` labels (without the prefix): the fixed ones
 /// and those given for each build. The Bazel image (`services/server/BUILD.bazel`) has
-/// the same; `tools/bazelcheck` tests that.
+/// the same; `//tools/ociimage:image_parity_test` compares the two images.
 pub fn labels<'a>(version: &'a str, source: &'a str, revision: &'a str) -> [(&'a str, &'a str); 5] {
     [
         ("title", "setpoint-server"),
