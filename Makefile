@@ -176,6 +176,7 @@ endif
 .PHONY: fmt
 fmt: ## Format the Rust code and the Bazel files
 	$(CARGO) fmt --all
+	rustfmt --edition 2024 tools/ociimage/bazel/*.rs # a Bazel-only test, outside Cargo's targets
 	lint=$$(tools/lint/build.sh) && $$lint/buildifier -r .
 
 .PHONY: crds

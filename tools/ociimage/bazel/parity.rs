@@ -100,7 +100,12 @@ fn the_bazel_image_equals_setpoint_image_but_for_its_base() {
         .as_object()
         .expect("config")
         .keys()
-        .filter(|key| !cargo_config["config"].as_object().unwrap().contains_key(*key))
+        .filter(|key| {
+            !cargo_config["config"]
+                .as_object()
+                .unwrap()
+                .contains_key(*key)
+        })
         .map(String::as_str)
         .collect();
     base_only.sort_unstable();
@@ -109,6 +114,12 @@ fn the_bazel_image_equals_setpoint_image_but_for_its_base() {
     let bazel_files = files(&bazel_layer);
     assert_eq!(bazel_files, files(&cargo_layer), "the binary's layer");
     assert_eq!(bazel_files.len(), 1);
-    assert_eq!(bazel_files[0].0, ociimage::ENTRYPOINT.trim_start_matches('/'));
-    assert_eq!(bazel_files[0].4, binary, "the binary in the image is the static build");
+    assert_eq!(
+        bazel_files[0].0,
+        ociimage::ENTRYPOINT.trim_start_matches('/')
+    );
+    assert_eq!(
+        bazel_files[0].4, binary,
+        "the binary in the image is the static build"
+    );
 }
