@@ -4,8 +4,9 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-# The build system of `make build`, `test`, `image` and `deploy`: Bazel when bazelisk or
-# bazel is on PATH, Cargo otherwise; BUILD=bazel or BUILD=cargo chooses. Each says which.
+# The build system of `make build`, `test`, `lint`, `fuzz`, `image` and `deploy`: Bazel
+# when bazelisk or bazel is on PATH (or BAZEL names one, e.g. tools/bazel/airgap/bazel),
+# Cargo otherwise; BUILD=bazel or BUILD=cargo chooses. Each says which.
 BAZEL ?= $(firstword $(shell command -v bazelisk bazel 2>/dev/null))
 BUILD ?= $(if $(BAZEL),bazel,cargo)
 ifeq ($(BUILD),bazel)

@@ -10,6 +10,11 @@ cache=${SETPOINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/setpoint}
 airgap_bundle=${SETPOINT_AIRGAP_BUNDLE:-$(cd "$tools_dir/../.." && pwd)/shared/bazel-offline}
 [[ -d $airgap_bundle || -n ${SETPOINT_AIRGAP_BUNDLE:-} ]] || airgap_bundle=/work/shared/bazel-offline
 
+# bazel_dep_version <module>: the version MODULE.bazel pins for a Bazel module.
+bazel_dep_version() {
+  sed -n "s/^bazel_dep(name = \"$1\", version = \"\([^\"]*\)\").*/\1/p" "$tools_dir/../MODULE.bazel"
+}
+
 # module_version <module dir under tools/> <module path>
 module_version() { (cd "$tools_dir/$1" && GOWORK=off go list -m -f '{{.Version}}' "$2"); }
 
@@ -22,15 +27,18 @@ kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version \
 # say <message>: a progress line on stderr, prefixed with the calling script's folder.
 say() { echo "$(basename "$(dirname "$0")"): $*" >&2; }
 
-# go_build <module dir under tools/> <package> <output file> <expected time> [ldflags]:
-# a static binary, a no-op when the output exists.
+# go_build <module dir: absolute, or under tools/> <package> <output file> <expected time>
+# [ldflags]: a static binary, a no-op when the output exists. The dependency versions and
+# checksums are the module's go.mod and go.sum (-mod=readonly: a module that also holds
+# an incomplete vendor folder, like go-containerregistry's, is not built from it).
 go_build() {
   local dir=$1 pkg=$2 output=$3 expected=$4 ldflags=${5:-}
   [[ -x $output ]] && return
+  [[ $dir == /* ]] || dir="$tools_dir/$dir"
   say "building $(basename "$output") from $pkg ($expected cold on 2 cores) ..."
   local start=$SECONDS
   mkdir -p "$(dirname "$output")"
-  (cd "$tools_dir/$dir" && GOWORK=off CGO_ENABLED=0 go build -trimpath \
+  (cd "$dir" && GOWORK=off CGO_ENABLED=0 go build -mod=readonly -trimpath \
     -ldflags "-s -w $ldflags" -o "$output.tmp" "$pkg")
   mv "$output.tmp" "$output"
   say "built $(basename "$output") in $((SECONDS - start)) s"

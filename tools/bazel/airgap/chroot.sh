@@ -1,79 +1,104 @@
 #!/usr/bin/env bash
 # Bazel 7.7.1 for a Linux host that has none: Debian unstable's bazel-bootstrap package
 # (the only Bazel ≥ 7 a Debian mirror serves) in a Debian sid chroot under the cache,
-# with the tools the air-gapped build runs inside it (a C toolchain, Python, jq, bsdtar,
-# zstd, coreutils, protoc). Linux and root only. A no-op when built; prints its root.
-# `chroot.sh mount` bind-mounts what builds need (idempotent); `chroot.sh umount` undoes it.
+# with what the air-gapped build runs inside it (a C toolchain, Python, jq, bsdtar, zstd,
+# coreutils, protoc) and the files of the offline base image (CA certificates, tzdata,
+# netbase, media-types). Linux and root only.
+#   chroot.sh                  builds it (a no-op when built) and prints its root;
+#   chroot.sh run DIR CMD...   runs CMD in it, in DIR, in a mount namespace of its own.
+# Mounts never reach the host: they live in that namespace, which ends with the last
+# process in it (the Bazel server started there), so nothing is left to unmount.
 set -euo pipefail
 source "$(dirname "$0")/../../lib.sh"
 
-bazel_package=7.7.1+ds-8+b1
-packages=(bazel-bootstrap="$bazel_package" default-jdk-headless git ca-certificates gcc g++
-  libc6-dev python3 jq libarchive-tools zstd rust-coreutils protobuf-compiler)
-root="$cache/bazel/sid-bazel-$bazel_package"
+# sid drops superseded packages: the Debian revision floats, Bazel's version does not
+# (DEBIAN_MIRROR may name a snapshot mirror for a fully pinned chroot).
+bazel_version=7.7.1
+packages=("bazel-bootstrap=$bazel_version+*" default-jdk-headless git ca-certificates gcc g++
+  libc6-dev python3 jq libarchive-tools zstd rust-coreutils protobuf-compiler
+  tzdata netbase media-types)
+root="$cache/bazel/sid-bazel-$bazel_version"
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+arguments=("$@")
+in_private_namespace() {
+  [[ -n ${SETPOINT_CHROOT_NS:-} ]] ||
+    exec unshare --mount --propagation slave env SETPOINT_CHROOT_NS=1 "$0" "${arguments[@]}"
+}
+
+build() {
+  in_private_namespace
+  [[ $(id -u) == 0 ]] || { say "needs root (debootstrap, chroot, mounts)"; exit 1; }
+  if ! command -v debootstrap >/dev/null; then
+    say "installing debootstrap ..."
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+  fi
+  mkdir -p "$cache/bazel"
+  local log="$cache/bazel/debootstrap.log" start=$SECONDS
+  say "building a Debian sid chroot with Bazel $bazel_version into $root (about 3 min) ..."
+  rm -rf "$root.tmp"
+  debootstrap --variant=minbase sid "$root.tmp" "$mirror" >"$log" 2>&1 ||
+    { say "debootstrap failed; see $log"; exit 1; }
+  cp /etc/resolv.conf "$root.tmp/etc/resolv.conf"
+  mount -t proc proc "$root.tmp/proc"
+  chroot "$root.tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends "${packages[@]}" >>"$log" 2>&1 ||
+    { say "apt-get in the chroot failed (has sid moved past Bazel $bazel_version?); see $log"; exit 1; }
+  chroot "$root.tmp" apt-get clean
+  umount "$root.tmp/proc"
+  mv "$root.tmp" "$root"
+  say "built the chroot in $((SECONDS - start)) s"
+}
+
 # Inside the chroot at the same paths as outside: the checkout, the caches (Bazel's output
 # base, the control plane, Go's build cache), the offline bundle, rustup's toolchain,
-# Cargo's registry, and Go with its module cache (the control plane's repository rule).
-shared_dirs=("$(cd "$tools_dir/.." && pwd)" "${XDG_CACHE_HOME:-$HOME/.cache}" "$cache"
-  "${RUSTUP_HOME:-$HOME/.rustup}" "${CARGO_HOME:-$HOME/.cargo}")
-if command -v go >/dev/null; then shared_dirs+=("$(go env GOROOT)" "$(go env GOPATH)"); fi
-[[ -d $airgap_bundle ]] && shared_dirs+=("$airgap_bundle")
+# Cargo's registry, and Go with its module cache and settings (the control plane's
+# repository rule).
+shared_dirs() {
+  local dir
+  for dir in "$1" "${XDG_CACHE_HOME:-$HOME/.cache}" "$cache" "$airgap_bundle" \
+    "${RUSTUP_HOME:-$HOME/.rustup}" "${CARGO_HOME:-$HOME/.cargo}" \
+    "$(go env GOROOT)" "$(go env GOPATH)" "$(dirname "$(go env GOENV)")"; do
+    [[ -d $dir ]] && echo "$dir"
+  done
+}
 
-mounts() {
-  for fs in proc sys dev dev/pts; do echo "$root/$fs"; done
-  for dir in "${shared_dirs[@]}"; do echo "$root$dir"; done
+run() {
+  in_private_namespace
+  local dir=$1 shared outer mounted=()
+  shift
+  mount -t proc proc "$root/proc"
+  for fs in sys dev; do mount --rbind "/$fs" "$root/$fs"; done
+  while read -r shared; do
+    for outer in "${mounted[@]}"; do
+      [[ $shared/ == "$outer"/* ]] && continue 2 # inside a folder already there
+    done
+    mkdir -p "$root$shared"
+    mount --rbind "$shared" "$root$shared"
+    mounted+=("$shared")
+  done < <(shared_dirs "$dir")
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # The host's own CAs (an egress proxy's, a company's), for Bazel's downloads of crates.
+  if ! diff -rq /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates" >/dev/null 2>&1; then
+    rm -rf "$root/usr/local/share/ca-certificates"
+    cp -r /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates"
+    chroot "$root" update-ca-certificates --fresh >/dev/null 2>&1
+  fi
+  # A clean environment but for what the builds inside need from the caller's.
+  local keep=(HOME="$HOME" USER="${USER:-root}" TERM="${TERM:-dumb}"
+    PATH="$(go env GOROOT)/bin:/usr/local/bin:/usr/bin:/bin")
+  local name
+  for name in SETPOINT_CACHE XDG_CACHE_HOME RUSTUP_HOME CARGO_HOME GOPATH GOMODCACHE GOCACHE \
+    GOENV GOPROXY GOFLAGS GONOSUMDB GOPRIVATE GOTOOLCHAIN http_proxy https_proxy no_proxy \
+    HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    [[ -n ${!name:-} ]] && keep+=("$name=${!name}")
+  done
+  exec chroot "$root" /usr/bin/env -i "${keep[@]}" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$dir" "$@"
 }
 
 case ${1:-} in
-  mount)
-    mount | grep -q " $root/proc " || mount -t proc proc "$root/proc"
-    for fs in sys dev dev/pts; do mountpoint -q "$root/$fs" || mount --rbind "/$fs" "$root/$fs"; done
-    for dir in "${shared_dirs[@]}"; do
-      mkdir -p "$dir" "$root$dir"
-      mountpoint -q "$root$dir" || mount --bind "$dir" "$root$dir"
-    done
-    mount --make-rslave "$root/dev"; mount --make-rslave "$root/sys"
-    cp /etc/resolv.conf "$root/etc/resolv.conf"
-    # The host's own CAs (an egress proxy's, a company's) for Bazel's downloads of crates.
-    if ! diff -rq /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates" >/dev/null 2>&1; then
-      rm -rf "$root/usr/local/share/ca-certificates"
-      cp -r /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates"
-      chroot "$root" update-ca-certificates --fresh >/dev/null 2>&1
-    fi
-    exit ;;
-  umount)
-    [[ -d $root ]] || exit 0
-    mounts | tac | while read -r dir; do
-      if mountpoint -q "$dir"; then umount -l "$dir"; fi
-    done
-    exit ;;
-  '') ;;
-  *) echo "usage: $0 [mount|umount]" >&2; exit 2 ;;
+  '') [[ -x $root/usr/bin/bazel ]] || build; echo "$root" ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: $0 [run DIR COMMAND...]" >&2; exit 2 ;;
 esac
-
-if [[ ! -x $root/usr/bin/bazel ]]; then
-  [[ $(id -u) == 0 ]] || { say "needs root (debootstrap, chroot, bind mounts)"; exit 1; }
-  command -v debootstrap >/dev/null || {
-    say "installing debootstrap ..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
-  }
-  mkdir -p "$cache/bazel"
-  say "building a Debian sid chroot with Bazel $bazel_package into $root (about 5 min) ..."
-  start=$SECONDS
-  rm -rf "$root.tmp"
-  debootstrap --variant=minbase sid "$root.tmp" "$mirror" >"$cache/bazel/debootstrap.log" 2>&1 ||
-    { say "debootstrap failed; see $cache/bazel/debootstrap.log"; exit 1; }
-  cp /etc/resolv.conf "$root.tmp/etc/resolv.conf"
-  mount -t proc proc "$root.tmp/proc"
-  trap 'umount "$root.tmp/proc"' EXIT
-  chroot "$root.tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    --no-install-recommends "${packages[@]}" >>"$cache/bazel/debootstrap.log" 2>&1 ||
-    { say "apt-get in the chroot failed; see $cache/bazel/debootstrap.log"; exit 1; }
-  chroot "$root.tmp" apt-get clean
-  umount "$root.tmp/proc"
-  trap - EXIT
-  mv "$root.tmp" "$root"
-  say "built the chroot in $((SECONDS - start)) s"
-fi
-echo "$root"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The image base of an air-gapped build: gcr.io/distroless/static-debian12's content,
-assembled from the Debian packages installed on this machine, as the repository that
+assembled from the Debian packages installed under --sysroot, as the repository that
 replaces `@distroless_static` (`--override_repository`; image-tools.sh calls this).
 
     distroless-base.py OUTPUT_DIR [--name distroless_static] [--arch amd64|arm64] [--sysroot /]

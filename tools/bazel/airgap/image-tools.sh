@@ -33,7 +33,7 @@ modules="$airgap_bundle/modules-src"
 # The version MODULE.bazel pins for a module, and that version's sources in the bundle.
 module_src() {
   local version
-  version=$(sed -n "s/^bazel_dep(name = \"$1\", version = \"\([^\"]*\)\".*/\1/p" "$tools_dir/../MODULE.bazel")
+  version=$(bazel_dep_version "$1")
   [[ -n $version ]] || { say "MODULE.bazel has no bazel_dep on $1"; exit 1; }
   [[ -d $modules/$1-$version ]] || { say "$1 $version is not in $modules"; exit 1; }
   echo "$modules/$1-$version"
@@ -94,19 +94,6 @@ debian_tool() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# go_tool <output> <expected time> <module dir> <package> [ldflags]: a static binary from
-# the module's go.mod and go.sum (-mod=readonly: go-containerregistry's module also holds an
-# incomplete vendor directory, which Go would otherwise use).
-go_tool() {
-  local output=$1 expected=$2 dir=$3 pkg=$4 ldflags=${5:-}
-  say "building $(basename "$output") from $pkg ($expected cold on 2 cores) ..."
-  local start=$SECONDS
-  mkdir -p "$bin"
-  (cd "$dir" && GOWORK=off CGO_ENABLED=0 nice go build -mod=readonly -trimpath -ldflags "-s -w $ldflags" \
-    -o "$output.tmp" "$pkg")
-  mv "$output.tmp" "$output"
-  say "built $(basename "$output") in $((SECONDS - start)) s"
-}
 # module_dir <module>@<version>: the module in Go's module cache, from the module proxy.
 module_dir() {
   (cd "$tmp" && GOWORK=off go mod download -json "$1") | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
@@ -124,7 +111,7 @@ bundle_tool() {
     fi
     cp -r "$abl_src/tools/$1" "$tree/tools/"
     chmod -R u+w "$tree"
-    go_tool "$output" "$2" "$tree" "./tools/$1"
+    go_build "$tree" "./tools/$1" "$output" "$2"
   fi
   echo "$output"
 }
@@ -138,7 +125,7 @@ proxy_tool() {
     say "fetching $2@$3 from the Go module proxy ..."
     dir=$(module_dir "$2@$3")
     [[ -d $dir ]] || { say "go mod download $2@$3 failed"; exit 1; }
-    go_tool "$output" "$5" "$dir" "$4" "${6:-}"
+    go_build "$dir" "$4" "$output" "$5" "${6:-}"
   fi
   echo "$output"
 }
@@ -252,9 +239,11 @@ done
 
 # The base: `@distroless_static` is rules_oci's alias repository, which downloads the
 # index itself, so it is replaced whole (the per-platform repositories are then never
-# fetched). distroless-base.py writes the directory, a no-op when it is up to date.
+# fetched). distroless-base.py writes the directory from the Debian packages of the
+# chroot (sid, as distroless tracks Debian), not the host's: a no-op when up to date.
 base=rules_oci~~oci~distroless_static
-python3 "$here/distroless-base.py" "$out/$base" --name distroless_static --arch "$arch"
+python3 "$here/distroless-base.py" "$out/$base" --name distroless_static --arch "$arch" \
+  --sysroot "$("$here/chroot.sh")"
 flags+=("--override_repository=$base=$out/$base")
 
 printf '%s\n' "${flags[@]}"

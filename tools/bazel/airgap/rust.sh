@@ -279,32 +279,35 @@ rustfmt_toolchain(
 EOF
 }
 
-# stand_in <canonical name> <BUILD function and its arguments...> -- <components...>
-# Rebuilt on every run (symlinks only), so that it follows the sysroot.
+# stand_in <canonical name> toolchain <default edition> | rustfmt: the repository of a
+# toolchain (rustc, clippy, cargo, rustfmt, the standard library, llvm-tools) or of
+# rustfmt alone. Made again only when the sysroot or its rustc changed (a running Bazel
+# server may be reading it), and then whole, in a new folder moved into place.
 stand_in() {
-  local name=$1 dir="$out/$1" build=()
-  shift
-  while [[ $1 != -- ]]; do build+=("$1"); shift; done
-  shift
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  : >"$dir/REPO.bazel" # the repository boundary (the rule writes a WORKSPACE.bazel)
-  "${build[@]}" >"$dir/BUILD.bazel"
-  link "$dir" "$@"
+  local name=$1 kind=$2 dir="$out/$1" stamp="$sysroot $found"
   echo "--override_repository=$name=$dir"
-}
-
-# rust_toolchain_tools_repository also writes an empty file named after the repository
-# ("used to locate rust_host_tools"); crate_universe only takes its directory.
-toolchain_stand_in() { # <canonical name> <default edition>
-  stand_in "$1" build_toolchain "$2" -- rustc clippy-preview cargo rustfmt-preview rust-std
-  link_llvm_tools "$out/$1"
-  : >"$out/$1/$1"
+  [[ $(cat "$dir/.made-from" 2>/dev/null) == "$stamp" ]] && return
+  rm -rf "$dir.new"
+  mkdir -p "$dir.new"
+  : >"$dir.new/REPO.bazel" # the repository boundary (the rule writes a WORKSPACE.bazel)
+  if [[ $kind == toolchain ]]; then
+    build_toolchain "$3" >"$dir.new/BUILD.bazel"
+    link "$dir.new" rustc clippy-preview cargo rustfmt-preview rust-std
+    link_llvm_tools "$dir.new"
+    # rust_toolchain_tools_repository also writes an empty file named after the
+    # repository ("used to locate rust_host_tools"); crate_universe takes its folder.
+    : >"$dir.new/$name"
+  else
+    build_rustfmt_toolchain >"$dir.new/BUILD.bazel"
+    link "$dir.new" rustc rustfmt-preview
+  fi
+  echo "$stamp" >"$dir.new/.made-from"
+  rm -rf "$dir"
+  mv "$dir.new" "$dir"
 }
 
 say "Rust $version toolchain stand-ins from $sysroot in $out"
 # edition: the project's rust.toolchain(edition = "2024"); host_tools has none.
-toolchain_stand_in "rules_rust~~rust~rust_linux_x86_64__${triple}__stable_tools" 2024
-stand_in "rules_rust~~rust~rustfmt_nightly-2026-07-16__${triple}_tools" build_rustfmt_toolchain -- \
-  rustc rustfmt-preview
-toolchain_stand_in "rules_rust~~rust_host_tools~rust_host_tools" ""
+stand_in "rules_rust~~rust~rust_linux_x86_64__${triple}__stable_tools" toolchain 2024
+stand_in "rules_rust~~rust~rustfmt_nightly-2026-07-16__${triple}_tools" rustfmt
+stand_in "rules_rust~~rust_host_tools~rust_host_tools" toolchain ""

@@ -22,7 +22,7 @@ mkdir -p "$out"
 "$here/chroot.sh" >/dev/null
 
 # cargo-bazel: the version of the pinned rules_rust, built with the local Cargo.
-rules_rust=$(grep -o 'name = "rules_rust", version = "[^"]*"' "$tools_dir/../MODULE.bazel" | cut -d'"' -f4)
+rules_rust=$(bazel_dep_version rules_rust)
 cargo_bazel="$out/cargo-bazel-$rules_rust"
 if [[ ! -x $cargo_bazel ]]; then
   say "building cargo-bazel from rules_rust $rules_rust's source (about 8 min cold on 2 cores) ..."
