@@ -35,7 +35,7 @@ case ${1:-} in
     answers && exit
     # bazel-remote reads htpasswd's {SHA} form: base64 of the password's SHA-1.
     sha=$(password | python3 -c 'import base64, hashlib, sys
-print(base64.b64encode(hashlib.sha1(sys.stdin.read().encode()).digest()).decode())')
+print(base64.b64encode(hashlib.sha1(sys.stdin.read().strip().encode()).digest()).decode())')
     (umask 077 && echo "$user:{SHA}$sha" >"$data/htpasswd")
     # 20 GiB: every configuration of a CI run several times over; the oldest go first.
     nohup "$binary" --dir "$data/cas" --max_size 20 --htpasswd_file "$data/htpasswd" \
