@@ -81,7 +81,9 @@ EPOCH = "1970-01-01T00:00:00Z"
 # Debian package -> its files in the image (beyond its copyright file). Required packages
 # fail the run when missing; the others are left out with a warning.
 PACKAGES = {
-    "ca-certificates": (True, ["etc/ssl/certs/ca-certificates.crt"]),
+    # The bundle is not copied but built again from the package's certificates
+    # (debian_ca_bundle), so that no CA the machine added itself gets into the image.
+    "ca-certificates": (True, ["etc/ca-certificates.conf"]),
     "tzdata": (True, ["usr/share/zoneinfo"]),
     "netbase": (False, ["etc/ethertypes", "etc/protocols", "etc/rpc", "etc/services"]),
     "media-types": (False, ["etc/mime.types"]),
@@ -247,6 +249,22 @@ def compact(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def debian_ca_bundle(sysroot):
+    """ca-certificates.crt as update-ca-certificates writes it from the package alone: the
+    certificates /etc/ca-certificates.conf enables, in its order. What a machine adds in
+    /usr/local/share/ca-certificates (here, an egress proxy's CA that chroot.sh gives
+    Bazel for its downloads) never reaches the image."""
+    bundle = b""
+    with open(os.path.join(sysroot, "etc/ca-certificates.conf"), encoding="utf-8") as conf:
+        for line in conf:
+            line = line.strip()
+            if not line or line.startswith(("#", "!")):
+                continue
+            with open(os.path.join(sysroot, "usr/share/ca-certificates", line), "rb") as pem:
+                bundle += pem.read().rstrip(b"\n") + b"\n"
+    return bundle
+
+
 def image_files(sysroot, name, arch):
     """Every file of the repository: path -> bytes."""
     versions = installed_versions(sysroot)
@@ -260,6 +278,9 @@ def image_files(sysroot, name, arch):
                 sys.exit(f"{what} (in {sysroot}); install it (apt-get install {package})")
             warn(f"{what}; left out of the image")
             continue
+        if package == "ca-certificates":
+            layer.file("etc/ssl/certs/ca-certificates.crt", debian_ca_bundle(sysroot))
+            paths = []
         for path in paths + [f"usr/share/doc/{package}/copyright"]:
             if os.path.lexists(os.path.join(sysroot, path)):
                 layer.copy(sysroot, path)
