@@ -88,8 +88,9 @@ FUZZ_CASES ?= 20000
 fuzz: ## Property tests ("fuzz"): request validation, selector, page token, policy parsers, FUZZ_CASES each
 	$(USING)
 ifeq ($(BUILD),bazel)
+# --nocache_test_results: each run tries new random cases, never a cached result.
 	$(BAZEL) test --test_env=PROPTEST_CASES=$(FUZZ_CASES) --test_arg=properties --test_output=summary \
-	  //services/core:setpoint_core_unit_test //services/server:setpoint_server_unit_test
+	  --nocache_test_results //services/core:setpoint_core_unit_test //services/server:setpoint_server_unit_test
 else
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-server --lib properties
 endif

@@ -64,10 +64,26 @@ shared_dirs() {
   done
 }
 
+# The mount namespace of the Bazel server already running for checkout $1, when it sees
+# that checkout as this one does. A client outside it would find the server's working
+# folder "moved" and replace the server, losing its caches, on every command.
+server_namespace() {
+  local base pid
+  base="${XDG_CACHE_HOME:-$HOME/.cache}/bazel/_bazel_${USER:-root}/$(printf %s "$1" | md5sum | cut -d' ' -f1)"
+  pid=$(cat "$base/server/server.pid.txt" 2>/dev/null) || return 1
+  [[ -e /proc/$pid/ns/mnt ]] || return 1
+  [[ $(nsenter --mount="/proc/$pid/ns/mnt" stat -c %d:%i "$root$1" 2>/dev/null) == $(stat -c %d:%i "$1") ]] || return 1
+  echo "/proc/$pid/ns/mnt"
+}
+
 run() {
+  local dir=$1 shared outer mounted=() namespace
+  if [[ -z ${SETPOINT_CHROOT_NS:-} ]] && namespace=$(server_namespace "$dir"); then
+    exec nsenter --mount="$namespace" env SETPOINT_CHROOT_NS=joined "$0" "${arguments[@]}"
+  fi
   in_private_namespace
-  local dir=$1 shared outer mounted=()
   shift
+  [[ $SETPOINT_CHROOT_NS == joined ]] && enter "$dir" "$@"
   mount -t proc proc "$root/proc"
   for fs in sys dev; do mount --rbind "/$fs" "$root/$fs"; done
   while read -r shared; do
@@ -79,6 +95,13 @@ run() {
     mounted+=("$shared")
   done < <(shared_dirs "$dir")
   cp /etc/resolv.conf "$root/etc/resolv.conf"
+  enter "$dir" "$@"
+}
+
+# enter DIR CMD...: CMD in the chroot, in DIR.
+enter() {
+  local dir=$1
+  shift
   # The host's own CAs (an egress proxy's, a company's), for Bazel's downloads of crates.
   if ! diff -rq /usr/local/share/ca-certificates "$root/usr/local/share/ca-certificates" >/dev/null 2>&1; then
     rm -rf "$root/usr/local/share/ca-certificates"
