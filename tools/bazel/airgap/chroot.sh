@@ -36,7 +36,7 @@ build() {
   fi
   mkdir -p "$cache/bazel"
   local log="$cache/bazel/debootstrap.log" start=$SECONDS
-  say "building a Debian sid chroot with Bazel $bazel_version into $root (about 3 min) ..."
+  say "building a Debian sid chroot with Bazel $bazel_version into $root (1-3 min) ..."
   rm -rf "$root.tmp"
   debootstrap --variant=minbase sid "$root.tmp" "$mirror" >"$log" 2>&1 ||
     { say "debootstrap failed; see $log"; exit 1; }

@@ -25,7 +25,7 @@ mkdir -p "$out"
 rules_rust=$(bazel_dep_version rules_rust)
 cargo_bazel="$out/cargo-bazel-$rules_rust"
 if [[ ! -x $cargo_bazel ]]; then
-  say "building cargo-bazel from rules_rust $rules_rust's source (about 8 min cold on 2 cores) ..."
+  say "building cargo-bazel from rules_rust $rules_rust's source (about 4 min cold on 2 cores) ..."
   start=$SECONDS
   CARGO_TARGET_DIR="$out/cargo-bazel-target" cargo build --quiet --release --locked \
     --manifest-path "$airgap_bundle/modules-src/rules_rust-$rules_rust/crate_universe/Cargo.toml" \
