@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this machine to build with Bazel without the Bazel Central Registry, GitHub or
-# a container registry (README "Building in an air-gapped environment"); crates still come
+# a container registry (docs/build.md, "Building in an air-gapped environment"); crates come
 # from crates.io. Builds or assembles, into the cache, each thing Bazel would download:
 #   - Bazel 7.7.1 itself, for a Linux host without one (chroot.sh);
 #   - the Rust toolchain, from rustup's local 1.95.0 (rust.sh);
