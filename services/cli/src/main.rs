@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
-use setpoint_api::v1::{
+use setpoint_core::duration::parse_duration;
+use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_proto::v1::{
     DeploymentRef, DeploymentReplicas, GetReplicasRequest, ListDeploymentsRequest, ReconcileState,
     ReleaseDeploymentRequest, SetReplicasRequest, WatchDeploymentsRequest,
     WatchDeploymentsResponse, WatchEventType,
@@ -429,30 +430,6 @@ async fn wait_reconciled(
     }
 }
 
-/// `90s`, `5m`, `1h`, or seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => {
-            return Err(format!(
-                "{text:?}: expected a duration such as 90s, 5m or 1h"
-            ));
-        }
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|number| number.checked_mul(seconds))
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?}: expected a duration such as 90s, 5m or 1h"))
-}
-
 fn print_event(output: Output, message: &WatchDeploymentsResponse) {
     let kind = match message.r#type() {
         WatchEventType::Initial => "INITIAL",
@@ -590,23 +567,5 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_or_name_the_problem() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in [
-            "soon",
-            "5d",
-            "",
-            "99999999999999999999h",
-            "18446744073709551615h",
-        ] {
-            let error = parse_duration(bad).expect_err(bad);
-            assert!(error.contains("expected a duration"), "{error}");
-        }
     }
 }

@@ -1,11 +1,13 @@
 //! Setpoint's domain, in plain Rust: what a Deployment key is and which names, replica
 //! counts and page sizes are valid ([`key`]); who a caller is, what roles and namespace
 //! scopes mean and how the policy file binds them ([`access`], [`policy`]); the
-//! per-identity write budget ([`limits`]); and the errors that say what went wrong
+//! per-identity write budget ([`limits`]); the duration syntax of every flag
+//! ([`duration`]); and the errors that say what went wrong
 //! ([`Error`]). Transports decide how to report them; nothing here knows Kubernetes or
 //! gRPC.
 
 pub mod access;
+pub mod duration;
 pub mod error;
 pub mod key;
 pub mod limits;

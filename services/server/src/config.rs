@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
+use setpoint_core::duration::parse_duration;
 use setpoint_k8s::resource::SCHEMA_MAX_REPLICAS;
 
 /// Setpoint API server: a gRPC API over Deployment replica counts, served over mutual
@@ -218,47 +219,9 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parses `500ms`, `10s`, `5m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a number"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(number)),
-        "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        _ => {
-            return Err(format!(
-                "`{unit}` in `{text}` is not a unit (ms, s, m or h)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-    }
-
-    #[test]
-    fn durations_without_a_known_unit_are_rejected() {
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("10d").is_err());
-    }
 
     fn config(extra: &[&str]) -> Config {
         let required = [

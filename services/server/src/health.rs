@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use setpoint_api::v1::replica_service_server::SERVICE_NAME;
+use setpoint_proto::v1::replica_service_server::SERVICE_NAME;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 

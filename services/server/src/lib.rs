@@ -35,9 +35,9 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
-use setpoint_api::v1::replica_service_server::ReplicaServiceServer;
 use setpoint_core::Policy;
 use setpoint_core::limits::WriteLimiter;
+use setpoint_proto::v1::replica_service_server::ReplicaServiceServer;
 use setpoint_reconciler::metrics::ReconcilerMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;

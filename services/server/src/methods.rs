@@ -3,8 +3,8 @@
 
 use std::sync::LazyLock;
 
-use setpoint_api::v1::replica_service_server;
 use setpoint_core::Permission;
+use setpoint_proto::v1::replica_service_server;
 use tonic_health::pb::health_server;
 
 static METHODS: LazyLock<Vec<(String, Permission)>> = LazyLock::new(|| {

@@ -10,12 +10,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
-use setpoint_api::v1::{
+use setpoint_k8s::ReplicaSetpoint;
+use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_proto::v1::{
     DeploymentRef, GetReplicasRequest, ListDeploymentsRequest, ReconcileState,
     ReleaseDeploymentRequest, SetReplicasRequest,
 };
-use setpoint_k8s::ReplicaSetpoint;
 use support::{
     OPERATOR, PIPELINE, STRANGER, Setpoint, VIEWER, admin, autoscaler_for, namespace_with,
     set_request,
@@ -35,7 +35,7 @@ async fn get(
     client: &mut ReplicaServiceClient<Channel>,
     namespace: &str,
     name: &str,
-) -> Result<setpoint_api::v1::DeploymentReplicas, tonic::Status> {
+) -> Result<setpoint_proto::v1::DeploymentReplicas, tonic::Status> {
     let response = client
         .get_replicas(GetReplicasRequest {
             deployment: reference(namespace, name),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::PostParams;
-use setpoint_api::v1::GetReplicasRequest;
+use setpoint_proto::v1::GetReplicasRequest;
 use support::{ServerProcess, scale_externally};
 use testenv::ControlPlane;
 use tokio::task::JoinHandle;
@@ -97,7 +97,7 @@ async fn deployments(control_plane: &ControlPlane, namespace: &str) -> Api<Deplo
 
 fn get_request(namespace: &str) -> GetReplicasRequest {
     GetReplicasRequest {
-        deployment: Some(setpoint_api::v1::DeploymentRef {
+        deployment: Some(setpoint_proto::v1::DeploymentRef {
             namespace: namespace.into(),
             name: "web".into(),
         }),

@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use setpoint_api::v1::{GetReplicasRequest, ReconcileState};
 use setpoint_k8s::{ReplicaSetpoint, ReplicaSetpointSpec};
+use setpoint_proto::v1::{GetReplicasRequest, ReconcileState};
 use support::{
     OPERATOR, Setpoint, admin, autoscaler_for, events, namespace_with, scale_externally,
     set_request, spec_replicas, wait_for_replicas,

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
-use setpoint_api::v1::{
+use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_proto::v1::{
     DeploymentReplicas, WatchDeploymentsRequest, WatchDeploymentsResponse, WatchEventType,
 };
 use support::{OPERATOR, PIPELINE, Setpoint, VIEWER, admin, namespace_with};

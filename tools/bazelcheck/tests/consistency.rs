@@ -308,7 +308,7 @@ fn every_proto_is_in_a_proto_library_and_feeds_the_rust_api() {
         files,
         "protos/ files vs setpoint_v1_files"
     );
-    let api = build_file("services/api");
+    let api = build_file("services/proto");
     let script = api
         .calls_of("cargo_build_script")
         .next()

@@ -25,7 +25,7 @@ use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use setpoint_api::v1::{
+use setpoint_proto::v1::{
     DeploymentRef, SetReplicasRequest, WatchDeploymentsRequest, WatchEventType,
 };
 
@@ -265,7 +265,7 @@ fn write_protosets(dir: &Path) -> anyhow::Result<Protosets> {
         api: dir.join("setpoint.protoset"),
         health: dir.join("health.protoset"),
     };
-    std::fs::write(&protosets.api, setpoint_api::v1::FILE_DESCRIPTOR_SET)?;
+    std::fs::write(&protosets.api, setpoint_proto::v1::FILE_DESCRIPTOR_SET)?;
     std::fs::write(&protosets.health, tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     Ok(protosets)
 }

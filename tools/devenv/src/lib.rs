@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
 use testenv::ControlPlane;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

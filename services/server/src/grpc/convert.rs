@@ -1,7 +1,7 @@
 //! Between protobuf messages and domain values.
 
-use setpoint_api::v1::{self as proto, DeploymentRef};
 use setpoint_core::{DeploymentKey, Error};
+use setpoint_proto::v1::{self as proto, DeploymentRef};
 
 use crate::changes::{Event, EventKind};
 use crate::view::{DeploymentView, ReconcileState};

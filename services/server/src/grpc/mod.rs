@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 
-use setpoint_api::v1::replica_service_server::ReplicaService;
-use setpoint_api::v1::{
+use setpoint_core::{Caller, DeploymentKey};
+use setpoint_proto::v1::replica_service_server::ReplicaService;
+use setpoint_proto::v1::{
     GetReplicasRequest, GetReplicasResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     ReleaseDeploymentRequest, ReleaseDeploymentResponse, SetReplicasRequest, SetReplicasResponse,
     WatchDeploymentsRequest, WatchDeploymentsResponse,
 };
-use setpoint_core::{Caller, DeploymentKey};
 use tonic::{Request, Response, Status};
 
 use crate::changes::{WatchRequest, Watches};
@@ -149,7 +149,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 }
 
 /// The Deployment a request names, validated, and recorded in the RPC's span.
-fn target(deployment: Option<&setpoint_api::v1::DeploymentRef>) -> Result<DeploymentKey, Status> {
+fn target(deployment: Option<&setpoint_proto::v1::DeploymentRef>) -> Result<DeploymentKey, Status> {
     let key = convert::key(deployment).map_err(crate::Error::from)?;
     tracing::Span::current().record("resource", key.to_string());
     Ok(key)

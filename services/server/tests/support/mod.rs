@@ -18,8 +18,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use setpoint_api::v1::replica_service_client::ReplicaServiceClient;
-use setpoint_api::v1::{DeploymentRef, SetReplicasRequest};
+use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
+use setpoint_proto::v1::{DeploymentRef, SetReplicasRequest};
 use setpoint_server::{Config, Server};
 use testenv::proxy::Proxy;
 use tokio::sync::{OnceCell, oneshot};
