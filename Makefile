@@ -98,28 +98,9 @@ endif
 .PHONY: image
 image: $(if $(filter cargo,$(BUILD)),$(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX))) ## Static server in a reproducible OCI image archive (Cargo: and its SBOM; no Docker on Linux): target/image/
 	$(USING)
-ifeq ($(BUILD),bazel)
-# The distroless-based image of services/server/BUILD.bazel, as the same archive.
-	$(BAZEL) build --config=release --output_groups=+tarball //services/server:load
-	mkdir -p target/image
-	install -m 644 "$$($(BAZEL) cquery --config=release --output_groups=tarball --output=files \
-	  //services/server:load)" target/image/setpoint-server.tar
-else ifeq ($(IMAGE_BUILDER),docker)
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) REVISION=$(REVISION) tools/image-in-docker.sh
-else
-	RUSTFLAGS='-C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/setpoint --remap-path-prefix=$(HOME)=/home' \
-	  $(CARGO) build --release --locked --target $(IMAGE_TARGET) -p setpoint-server
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(CARGO) run --quiet --locked -p ociimage -- \
-	  --binary $(TARGET_DIR)/$(IMAGE_TARGET)/release/setpoint-server \
-	  --revision $(REVISION) --output target/image/setpoint-server.tar
-# CycloneDX SBOM of the crates linked into the binary. The tool writes one file per
-# workspace binary next to its Cargo.toml; keep the server's, with paths as in the binary.
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(CARGO_CYCLONEDX) cyclonedx --quiet --format json \
-	  --spec-version 1.5 --describe binaries --no-build-deps --target $(IMAGE_TARGET)
-	sed 's|file://$(CURDIR)/|file:///setpoint/|g' services/server/setpoint-server_bin.cdx.json \
-	  > target/image/setpoint-server.cdx.json
-	find services tools -name '*_bin.cdx.json' -delete
-endif
+	BUILD=$(BUILD) BAZEL=$(BAZEL) CARGO=$(CARGO) IMAGE_BUILDER=$(IMAGE_BUILDER) IMAGE_TARGET=$(IMAGE_TARGET) \
+	  TARGET_DIR=$(TARGET_DIR) CARGO_CYCLONEDX=$(CARGO_CYCLONEDX) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+	  REVISION=$(REVISION) tools/image/build.sh
 
 .PHONY: image-reproducible
 image-reproducible: image ## Build the image again from a clean clone elsewhere; fail unless identical

@@ -18,11 +18,16 @@ bazel_dep_version() {
 # module_version <module dir under tools/> <module path>
 module_version() { (cd "$tools_dir/$1" && GOWORK=off go list -m -f '{{.Version}}' "$2"); }
 
-kube_version=$(module_version controlplane/kubernetes k8s.io/kubernetes)
-kube_minor=${kube_version#v1.}; kube_minor=${kube_minor%%.*}
-kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version \
--X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor \
+# kube_versions: sets kube_version (the Kubernetes version tools/controlplane pins) and
+# kube_ldflags (that version stamped into a Kubernetes binary). It runs `go list`, so
+# only the scripts that build or name Kubernetes binaries call it.
+kube_versions() {
+  kube_version=$(module_version controlplane/kubernetes k8s.io/kubernetes)
+  local minor=${kube_version#v1.}; minor=${minor%%.*}
+  kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
 -X k8s.io/component-base/version.gitTreeState=clean"
+}
 
 # say <message>: a progress line on stderr, prefixed with the calling script's folder.
 say() { echo "$(basename "$(dirname "$0")"): $*" >&2; }

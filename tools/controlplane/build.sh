@@ -4,6 +4,7 @@
 # A no-op when the pinned versions are already built. Prints the directory holding the binaries.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
+kube_versions
 
 etcd_version=$(module_version controlplane/etcd go.etcd.io/etcd/server/v3)
 out="$cache/controlplane/kubernetes-$kube_version-etcd-$etcd_version"

@@ -4,6 +4,7 @@
 # directory holding them. Works on Linux and macOS.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
+kube_versions
 
 kind_version=$(module_version deploy sigs.k8s.io/kind)
 out="$cache/deploy/$(go env GOOS)-$(go env GOARCH)-kind-$kind_version-kubectl-$kube_version"

@@ -13,11 +13,12 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 tools=$(tools/deploy/build.sh)
 kind="$tools/kind"
-kubectl="$tools/kubectl --context kind-setpoint"
+# Every kubectl call goes to this cluster: "${kubectl[@]}" is the command with its flags.
+kubectl=("$tools/kubectl" --context kind-setpoint)
 cluster=setpoint
 
 case "${1:-up}" in
-  down) $kubectl delete -k k8s/overlays/kind --ignore-not-found; exit ;;
+  down) "${kubectl[@]}" delete -k k8s/overlays/kind --ignore-not-found; exit ;;
   kind-down) "$kind" delete cluster --name "$cluster"; exit ;;
   up) ;;
   *) echo "usage: $0 [up|down|kind-down]" >&2; exit 2 ;;
@@ -50,9 +51,9 @@ if ! "$kind" get clusters | grep -qx "$cluster"; then
 fi
 if [[ -n ${offline:-} ]]; then
   # The node image carries no CNI: kube-router gives pod networking and NetworkPolicy.
-  $kubectl apply -f "$offline/kube-router.yaml"
-  $kubectl -n kube-system rollout status daemonset/kube-router --timeout=180s
-  $kubectl wait --for=condition=Ready nodes --all --timeout=180s
+  "${kubectl[@]}" apply -f "$offline/kube-router.yaml"
+  "${kubectl[@]}" -n kube-system rollout status daemonset/kube-router --timeout=180s
+  "${kubectl[@]}" wait --for=condition=Ready nodes --all --timeout=180s
 fi
 
 echo "deploy: loading the image ..." >&2
@@ -65,18 +66,18 @@ pki=.dev/kind-pki
 if ! openssl x509 -checkend 86400 -noout -in "$pki/server.crt" >/dev/null 2>&1; then
   cargo run --quiet --locked -p devpki -- --out "$pki"
 fi
-$kubectl apply -f k8s/base/namespace.yaml
-$kubectl -n setpoint create secret generic setpoint-tls \
+"${kubectl[@]}" apply -f k8s/base/namespace.yaml
+"${kubectl[@]}" -n setpoint create secret generic setpoint-tls \
   --from-file=tls.crt="$pki/server.crt" --from-file=tls.key="$pki/server.key" \
-  --from-file=ca.crt="$pki/ca.crt" --dry-run=client -o yaml | $kubectl apply -f -
+  --from-file=ca.crt="$pki/ca.crt" --dry-run=client -o yaml | "${kubectl[@]}" apply -f -
 # Client certificates chain to their own CA, not to the server certificate's issuer.
-$kubectl -n setpoint create configmap setpoint-client-ca \
-  --from-file=ca.crt="$pki/client-ca.crt" --dry-run=client -o yaml | $kubectl apply -f -
+"${kubectl[@]}" -n setpoint create configmap setpoint-client-ca \
+  --from-file=ca.crt="$pki/client-ca.crt" --dry-run=client -o yaml | "${kubectl[@]}" apply -f -
 
 # k8s/base allows no egress; the KIND overlay allows TCP 6443 to Docker's private
 # address pools. Check that it covers every API-server endpoint of this cluster.
 slices() {
-  $kubectl -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o jsonpath="$1"
+  "${kubectl[@]}" -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o jsonpath="$1"
 }
 covered() { # covered <IPv4 address>: inside 172.16.0.0/12 or 192.168.0.0/16
   local a b c d
@@ -120,14 +121,14 @@ patches:
               setpoint.dev/image-archive: "sha256:$image_digest"
               setpoint.dev/pki: "sha256:$pki_digest"
 EOF
-$kubectl apply -k .dev/deploy
-$kubectl -n setpoint rollout status deployment/setpoint --timeout=180s
+"${kubectl[@]}" apply -k .dev/deploy
+"${kubectl[@]}" -n setpoint rollout status deployment/setpoint --timeout=180s
 
 echo "deploy: smoke test ..." >&2
-$kubectl create namespace setpoint-demo --dry-run=client -o yaml | $kubectl apply -f -
-$kubectl -n setpoint-demo create deployment web --image=registry.k8s.io/pause:3.10.2 \
-  --dry-run=client -o yaml | $kubectl apply -f -
-$kubectl -n setpoint port-forward service/setpoint 18443:8443 >/dev/null 2>&1 &
+"${kubectl[@]}" create namespace setpoint-demo --dry-run=client -o yaml | "${kubectl[@]}" apply -f -
+"${kubectl[@]}" -n setpoint-demo create deployment web --image=registry.k8s.io/pause:3.10.2 \
+  --dry-run=client -o yaml | "${kubectl[@]}" apply -f -
+"${kubectl[@]}" -n setpoint port-forward service/setpoint 18443:8443 >/dev/null 2>&1 &
 forward=$!
 trap 'kill $forward 2>/dev/null || true' EXIT
 export SETPOINT_SERVER=https://localhost:18443 SETPOINT_CA=$pki/ca.crt \
@@ -138,7 +139,7 @@ ctl list -n setpoint-demo
 ctl set setpoint-demo/web 2
 scaled=false
 for _ in $(seq 30); do
-  if [[ $($kubectl -n setpoint-demo get deployment web -o jsonpath='{.spec.replicas}') == 2 ]]; then
+  if [[ $("${kubectl[@]}" -n setpoint-demo get deployment web -o jsonpath='{.spec.replicas}') == 2 ]]; then
     scaled=true
     break
   fi

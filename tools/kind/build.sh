@@ -10,6 +10,7 @@
 # Needs Docker, debootstrap and root (debootstrap); Linux only.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
+kube_versions
 here="$tools_dir/kind"
 export DOCKER_BUILDKIT=0 # the classic builder needs no frontend image from a registry
 

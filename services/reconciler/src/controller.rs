@@ -1,7 +1,7 @@
 //! The reconciler: kube-runtime's applier over ReplicaSetpoints, triggered by every
-//! change the server's watches report for a setpoint, its Deployment or an HPA
-//! ([`Stores::subscribe`]). Each reconcile reads the Deployment and HPAs from those
-//! shared stores (no request), decides ([`crate::decide`]), writes replicas only through
+//! change the index's watches report for a setpoint, its Deployment or an HPA
+//! ([`Index::subscribe`]). Each reconcile reads the Deployment and HPAs from the index
+//! (no request), decides ([`crate::decide`]), writes replicas only through
 //! the scale subresource with the cached resourceVersion, and records the outcome in
 //! status and Events. A 409 means the cache was behind: the retry reads it again.
 
@@ -22,11 +22,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use setpoint_core::DeploymentKey;
-use setpoint_k8s::RECONCILER_FIELD_MANAGER;
-use setpoint_k8s::index::Stores;
-use setpoint_k8s::{ReplicaSetpoint, key_of};
+use setpoint_k8s_api::RECONCILER_FIELD_MANAGER;
+use setpoint_k8s_api::{ReplicaSetpoint, key_of};
+use setpoint_k8s_index::Index;
 
-use crate::decide::{Decision, Reason, Target, decide, next_status};
+use setpoint_k8s_api::resource::Reason;
+
+use crate::decide::{Decision, Target, decide, next_status};
 use crate::metrics::{ReconcilerMetrics, ResultLabels};
 /// Retry delays after errors: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -53,7 +55,7 @@ pub enum Error {
 
 pub struct Context {
     client: Client,
-    stores: Stores,
+    index: Index,
     recorder: Recorder,
     metrics: ReconcilerMetrics,
     /// Consecutive failures per setpoint, for exponential backoff.
@@ -63,18 +65,18 @@ pub struct Context {
 }
 
 /// Runs the reconciler until the task is dropped (the lease loop aborts it when this
-/// replica stops leading): once `stores` are synced, every setpoint, then each one whose
+/// replica stops leading): once the index is synced, every setpoint, then each one whose
 /// setpoint, Deployment or HPA changes. `instance` names this replica in Events.
-pub async fn run(client: Client, stores: Stores, metrics: ReconcilerMetrics, instance: String) {
+pub async fn run(client: Client, index: Index, metrics: ReconcilerMetrics, instance: String) {
     let reporter = Reporter {
         controller: "setpoint".into(),
         instance: Some(instance),
     };
-    stores.wait_synced().await;
+    index.wait_synced().await;
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        stores: stores.clone(),
+        index: index.clone(),
         metrics,
         failures: Mutex::default(),
         conflicts: Mutex::default(),
@@ -83,8 +85,8 @@ pub async fn run(client: Client, stores: Stores, metrics: ReconcilerMetrics, ins
         |setpoint, context| Box::pin(reconcile(setpoint, context)),
         error_policy,
         context,
-        stores.setpoints.clone(),
-        triggers(stores),
+        index.setpoints().clone(),
+        triggers(index),
         controller::Config::default(),
     )
     .for_each(|result| {
@@ -98,11 +100,11 @@ pub async fn run(client: Client, stores: Stores, metrics: ReconcilerMetrics, ins
 
 /// Every setpoint, then the setpoint of each changed Deployment; every setpoint again
 /// if the changes came faster than this replica took them.
-fn triggers(stores: Stores) -> impl Stream<Item = Result<ObjectRef<ReplicaSetpoint>, Infallible>> {
+fn triggers(index: Index) -> impl Stream<Item = Result<ObjectRef<ReplicaSetpoint>, Infallible>> {
     // Subscribed before the first round, so that no change falls between the two.
-    let changes = stores.subscribe();
-    let every = |stores: &Stores| {
-        let setpoints = stores.setpoints.state();
+    let changes = index.subscribe();
+    let every = |index: &Index| {
+        let setpoints = index.setpoints().state();
         stream::iter(
             setpoints
                 .iter()
@@ -110,8 +112,8 @@ fn triggers(stores: Stores) -> impl Stream<Item = Result<ObjectRef<ReplicaSetpoi
                 .collect::<Vec<_>>(),
         )
     };
-    let first = every(&stores);
-    let next = stream::unfold((changes, stores), move |(mut changes, stores)| async move {
+    let first = every(&index);
+    let next = stream::unfold((changes, index), move |(mut changes, index)| async move {
         let triggered = match changes.recv().await {
             Ok(key) => stream::iter(vec![setpoint_of(key)]),
             Err(RecvError::Lagged(missed)) => {
@@ -119,11 +121,11 @@ fn triggers(stores: Stores) -> impl Stream<Item = Result<ObjectRef<ReplicaSetpoi
                     missed,
                     "fell behind the watch events; reconciling every setpoint"
                 );
-                every(&stores)
+                every(&index)
             }
             Err(RecvError::Closed) => return None,
         };
-        Some((triggered, (changes, stores)))
+        Some((triggered, (changes, index)))
     });
     first.chain(next.flatten()).map(Ok)
 }
@@ -162,8 +164,8 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let key = key_of(setpoint);
-    let deployment = context.stores.deployments.get(&key);
-    let autoscaler = context.stores.autoscalers.of(&key);
+    let deployment = context.index.deployment(&key);
+    let autoscaler = context.index.autoscaler_of(&key);
     let target = deployment.as_ref().map(|deployment| Target {
         uid: deployment.uid.clone(),
         replicas: deployment.spec_replicas,
@@ -401,7 +403,7 @@ impl Context {
 mod tests {
     use prometheus_client::registry::Registry;
     use serde_json::{Value, json};
-    use setpoint_k8s::ReplicaSetpointSpec;
+    use setpoint_k8s_api::ReplicaSetpointSpec;
     use testenv::fake;
 
     use super::*;
@@ -438,10 +440,8 @@ mod tests {
         write: impl Fn(&fake::Received) -> (u16, Value) + Send + Sync + 'static,
     ) -> (Arc<Context>, fake::Log) {
         let (client, log) = fake::client(write);
-        let (stores, _) = Stores::new();
-        stores
-            .deployments
-            .apply(kube::runtime::watcher::Event::Apply(deployment(replicas)));
+        let (index, _) = Index::new();
+        index.apply_deployment(kube::runtime::watcher::Event::Apply(deployment(replicas)));
         let context = Arc::new(Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -451,7 +451,7 @@ mod tests {
                 },
             ),
             client,
-            stores,
+            index,
             metrics: ReconcilerMetrics::register(&mut Registry::default()),
             failures: Mutex::default(),
             conflicts: Mutex::default(),

@@ -4,30 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use setpoint_k8s::resource::CONDITION_RECONCILED;
-use setpoint_k8s::{ReplicaSetpoint, ReplicaSetpointStatus};
-
-/// The reasons of the `Reconciled` condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Reconciled,
-    DeploymentNotFound,
-    TargetReplaced,
-    ManagedByHpa,
-    ScaleFailed,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reconciled => "Reconciled",
-            Self::DeploymentNotFound => "DeploymentNotFound",
-            Self::TargetReplaced => "TargetReplaced",
-            Self::ManagedByHpa => "ManagedByHPA",
-            Self::ScaleFailed => "ScaleFailed",
-        }
-    }
-}
+use setpoint_k8s_api::resource::{CONDITION_RECONCILED, Reason};
+use setpoint_k8s_api::{ReplicaSetpoint, ReplicaSetpointStatus};
 
 /// What the reconciler read about the target Deployment.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +109,7 @@ pub fn next_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use setpoint_k8s::ReplicaSetpointSpec;
+    use setpoint_k8s_api::ReplicaSetpointSpec;
 
     fn setpoint(desired: i32, applied: Option<i32>) -> ReplicaSetpoint {
         let mut setpoint = ReplicaSetpoint::new(

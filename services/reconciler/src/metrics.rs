@@ -1,5 +1,4 @@
-//! The reconciler's Prometheus metrics, registered where (and under which prefix) the
-//! caller chooses.
+//! The reconciler's Prometheus metrics.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +20,8 @@ pub struct ReconcilerMetrics {
     /// Setpoints waiting for a retry after an error (kube-runtime does not expose the
     /// depth of its own queue).
     pub backoff_objects: Gauge,
+    /// 1 while this replica holds the Lease and reconciles.
+    pub leader: Gauge,
 }
 
 impl ReconcilerMetrics {
@@ -29,6 +30,7 @@ impl ReconcilerMetrics {
             reconciles: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             backoff_objects: Gauge::default(),
+            leader: Gauge::default(),
         };
         registry.register(
             "reconciles",
@@ -44,6 +46,11 @@ impl ReconcilerMetrics {
             "reconcile_backoff_objects",
             "Setpoints waiting to be retried after an error",
             metrics.backoff_objects.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and reconciles",
+            metrics.leader.clone(),
         );
         metrics
     }

@@ -1,5 +1,8 @@
 //! Installs Setpoint's cluster-wide pieces (`k8s/base`: namespace, CRD, RBAC) into a
-//! local control plane, for integration tests and `make run`.
+//! local control plane and starts Setpoint's processes, for integration tests and
+//! `make run`; [`fixtures`] has what the integration tests share.
+
+pub mod fixtures;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,11 +96,11 @@ pub async fn write_server_files(control_plane: &ControlPlane, dir: &Path) -> any
     Ok(())
 }
 
-/// Starts `server_bin` with the files of [`write_server_files`] and `extra_args`; it
-/// logs to `log` (or this process's stdout and stderr) and is killed if the handle is
-/// dropped.
-pub fn spawn_server(
-    server_bin: &Path,
+/// Starts `setpoint-api` (`binary`) with the files of [`write_server_files`] and
+/// `extra_args`; it logs to `log` (or this process's stdout and stderr) and is killed if
+/// the handle is dropped.
+pub fn spawn_api(
+    binary: &Path,
     dir: &Path,
     listen: SocketAddr,
     http_listen: SocketAddr,
@@ -105,32 +108,54 @@ pub fn spawn_server(
     extra_args: &[String],
 ) -> anyhow::Result<Child> {
     let pki = dir.join("pki");
-    let mut command = Command::new(server_bin);
+    let file = |flag: &str, path: PathBuf| format!("--{flag}={}", path.display());
+    let args = [
+        format!("--listen={listen}"),
+        format!("--http-listen={http_listen}"),
+        file("tls-cert", pki.join("server.crt")),
+        file("tls-key", pki.join("server.key")),
+        file("client-ca", pki.join("client-ca.crt")),
+        file("policy", dir.join("policy.yaml")),
+        // No load balancer to drain from locally: Ctrl-C stops at once.
+        "--shutdown-delay=0s".into(),
+    ];
+    spawn(binary, dir, log, args.iter().chain(extra_args))
+}
+
+/// Starts `setpoint-reconciler` (`binary`) with the ServiceAccount kubeconfig of
+/// [`write_server_files`] and `extra_args`, like [`spawn_api`].
+pub fn spawn_reconciler(
+    binary: &Path,
+    dir: &Path,
+    http_listen: SocketAddr,
+    log: Option<&Path>,
+    extra_args: &[String],
+) -> anyhow::Result<Child> {
+    let args = [format!("--http-listen={http_listen}")];
+    spawn(binary, dir, log, args.iter().chain(extra_args))
+}
+
+fn spawn<'a>(
+    binary: &Path,
+    dir: &Path,
+    log: Option<&Path>,
+    args: impl Iterator<Item = &'a String>,
+) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary);
     if let Some(log) = log {
         let file = std::fs::File::create(log)?;
         command.stdout(file.try_clone()?).stderr(file);
     }
     command
         .env("KUBECONFIG", dir.join("setpoint.kubeconfig"))
-        .arg(format!("--listen={listen}"))
-        .arg(format!("--http-listen={http_listen}"))
-        .arg(format!("--tls-cert={}", pki.join("server.crt").display()))
-        .arg(format!("--tls-key={}", pki.join("server.key").display()))
-        .arg(format!(
-            "--client-ca={}",
-            pki.join("client-ca.crt").display()
-        ))
-        .arg(format!("--policy={}", dir.join("policy.yaml").display()))
-        // No load balancer to drain from locally: Ctrl-C stops at once.
-        .arg("--shutdown-delay=0s")
-        .args(extra_args)
+        .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| {
             format!(
                 "starting {} (build it with `cargo build --bins`)",
-                server_bin.display()
+                binary.display()
             )
         })
 }
@@ -141,7 +166,7 @@ pub async fn wait_until_ready(http: SocketAddr) -> anyhow::Result<()> {
     while !matches!(http_get(http, "/readyz").await, Ok((200, _))) {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "setpoint-server did not become ready within 60s (see its log above)"
+            "Setpoint did not become ready on {http} within 60s (see its log above)"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -190,7 +215,7 @@ pub async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, 
 }
 
 /// The sum of the samples of metric `name` (a name with labels, e.g.
-/// `setpoint_leader`) on the server's `/metrics` at `http`.
+/// `setpoint_leader`) on the `/metrics` of the process at `http`.
 pub async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let (_, body) = http_get(http, "/metrics").await?;
     Ok(body

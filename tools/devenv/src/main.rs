@@ -1,6 +1,7 @@
 //! `setpoint-dev` (what `make run` runs): a local control plane with Setpoint installed,
-//! demo Deployments, a fresh dev PKI, and setpoint-server running as its ServiceAccount.
-//! Writes connection details to `<dir>/env` and stops everything on Ctrl-C.
+//! demo Deployments, a fresh dev PKI, and setpoint-api and setpoint-reconciler running as
+//! Setpoint's ServiceAccount. Writes connection details to `<dir>/env` and stops
+//! everything on Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,25 +12,32 @@ use clap::Parser;
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// How long the server may take to drain before it is killed.
-const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a process may take to drain before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Run Setpoint locally: control plane, demo Deployments, dev PKI and the server.
+/// Run Setpoint locally: control plane, demo Deployments, dev PKI, the API and the
+/// reconciler.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// Folder for the PKI, policy, kubeconfigs and env file (git-ignored).
     #[arg(long, default_value = ".dev")]
     dir: PathBuf,
-    /// The setpoint-server binary.
-    #[arg(long, default_value = "target/debug/setpoint-server")]
-    server_bin: PathBuf,
-    /// gRPC address of the server.
+    /// The setpoint-api binary.
+    #[arg(long, default_value = "target/debug/setpoint-api")]
+    api_bin: PathBuf,
+    /// The setpoint-reconciler binary.
+    #[arg(long, default_value = "target/debug/setpoint-reconciler")]
+    reconciler_bin: PathBuf,
+    /// gRPC address of the API.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
-    /// HTTP (probes, metrics) address of the server.
+    /// HTTP (probes, metrics) address of the API.
     #[arg(long, default_value = "127.0.0.1:8081")]
     http_listen: SocketAddr,
+    /// HTTP (probes, metrics) address of the reconciler.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    reconciler_http_listen: SocketAddr,
 }
 
 #[tokio::main]
@@ -50,29 +58,46 @@ async fn main() -> anyhow::Result<()> {
     devenv::write_server_files(&control_plane, &dir).await?;
     let pki = dir.join("pki");
 
-    eprintln!("setpoint-dev: starting {}", args.server_bin.display());
-    let mut server = devenv::spawn_server(
-        &args.server_bin,
-        &dir,
-        args.listen,
-        args.http_listen,
-        None,
-        &[],
-    )?;
+    eprintln!(
+        "setpoint-dev: starting {} and {}",
+        args.api_bin.display(),
+        args.reconciler_bin.display()
+    );
+    let mut processes = Processes {
+        api: devenv::spawn_api(
+            &args.api_bin,
+            &dir,
+            args.listen,
+            args.http_listen,
+            None,
+            &[],
+        )?,
+        reconciler: devenv::spawn_reconciler(
+            &args.reconciler_bin,
+            &dir,
+            args.reconciler_http_listen,
+            None,
+            &[],
+        )?,
+    };
+    let ready = async {
+        devenv::wait_until_ready(args.http_listen).await?;
+        devenv::wait_until_ready(args.reconciler_http_listen).await
+    };
     tokio::select! {
-        ready = devenv::wait_until_ready(args.http_listen) => ready?,
-        exited = server.wait() => anyhow::bail!("setpoint-server exited during start-up: {}", exited?),
-        () = stop.signalled() => return shut_down(server, &dir).await,
+        ready = ready => ready?,
+        exited = processes.exited() => anyhow::bail!("{exited} during start-up"),
+        () = stop.signalled() => return processes.shut_down(&dir).await,
     }
     write_env_file(&args, &dir, &pki)?;
     print_instructions(&dir);
 
     tokio::select! {
-        exited = server.wait() => {
+        exited = processes.exited() => {
             let _ = std::fs::remove_file(dir.join("env"));
-            anyhow::bail!("setpoint-server exited: {}", exited?)
+            anyhow::bail!("{exited}")
         }
-        () = stop.signalled() => shut_down(server, &dir).await,
+        () = stop.signalled() => processes.shut_down(&dir).await,
     }
     // The control plane stops when dropped here.
 }
@@ -90,6 +115,7 @@ fn write_env_file(args: &Args, dir: &Path, pki: &Path) -> anyhow::Result<()> {
          export SETPOINT_VIEWER_CERT={viewer_cert}\n\
          export SETPOINT_VIEWER_KEY={viewer_key}\n\
          export SETPOINT_HTTP=http://{http}\n\
+         export SETPOINT_RECONCILER_HTTP=http://{reconciler_http}\n\
          export SETPOINT_KUBECONFIG={kubeconfig}\n",
         grpc_port = args.listen.port(),
         ca = path(pki.join("ca.crt")),
@@ -98,6 +124,7 @@ fn write_env_file(args: &Args, dir: &Path, pki: &Path) -> anyhow::Result<()> {
         viewer_cert = path(pki.join("viewer.crt")),
         viewer_key = path(pki.join("viewer.key")),
         http = args.http_listen,
+        reconciler_http = args.reconciler_http_listen,
         kubeconfig = path(dir.join("admin.kubeconfig")),
     );
     std::fs::write(dir.join("env"), env)?;
@@ -120,20 +147,45 @@ fn print_instructions(dir: &Path) {
     );
 }
 
-/// SIGTERM to the server, wait for it to drain, and remove the env file; the control
-/// plane stops when `main` returns.
-async fn shut_down(mut server: Child, dir: &Path) -> anyhow::Result<()> {
-    eprintln!("setpoint-dev: stopping");
-    let _ = std::fs::remove_file(dir.join("env"));
-    if let Some(pid) = server.id() {
+/// The two Setpoint processes.
+struct Processes {
+    api: Child,
+    reconciler: Child,
+}
+
+impl Processes {
+    /// Completes when either process exits, saying which and how.
+    async fn exited(&mut self) -> String {
+        let (name, status) = tokio::select! {
+            status = self.api.wait() => ("setpoint-api", status),
+            status = self.reconciler.wait() => ("setpoint-reconciler", status),
+        };
+        match status {
+            Ok(status) => format!("{name} exited: {status}"),
+            Err(error) => format!("{name}: {error}"),
+        }
+    }
+
+    /// SIGTERM to both, wait for them to drain, and remove the env file; the control
+    /// plane stops when `main` returns.
+    async fn shut_down(self, dir: &Path) -> anyhow::Result<()> {
+        eprintln!("setpoint-dev: stopping");
+        let _ = std::fs::remove_file(dir.join("env"));
+        let (api, reconciler) = tokio::join!(stop(self.api), stop(self.reconciler));
+        api.and(reconciler)
+    }
+}
+
+async fn stop(mut process: Child) -> anyhow::Result<()> {
+    if let Some(pid) = process.id() {
         devenv::send_signal(pid, libc::SIGTERM);
     }
-    if tokio::time::timeout(SERVER_STOP_TIMEOUT, server.wait())
+    if tokio::time::timeout(STOP_TIMEOUT, process.wait())
         .await
         .is_err()
     {
-        eprintln!("setpoint-dev: the server did not stop in {SERVER_STOP_TIMEOUT:?}; killing it");
-        server.kill().await?;
+        eprintln!("setpoint-dev: a process did not stop in {STOP_TIMEOUT:?}; killing it");
+        process.kill().await?;
     }
     Ok(())
 }

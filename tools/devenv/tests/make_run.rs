@@ -1,6 +1,8 @@
-//! `make run` end to end: setpoint-dev brings up the control plane and the server (as
-//! Setpoint's ServiceAccount), the env file it writes lets setpointctl list, get and set,
-//! the server reconciles as the leader, errors are clear, and Ctrl-C stops everything. Needs the workspace binaries (`make test` builds them first).
+//! `make run` end to end: setpoint-dev brings up the control plane, setpoint-api and
+//! setpoint-reconciler (as Setpoint's ServiceAccount), the env file it writes lets
+//! setpointctl list, get and set, the reconciler scales as the leader, errors are clear,
+//! and Ctrl-C stops everything. Needs the workspace binaries (`make test` builds them
+//! first).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -92,9 +94,8 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// What the server binary did in the cluster as Setpoint's ServiceAccount (the RBAC of
-/// `k8s/base`): its reconciler scaled `namespace/name` to `replicas`, and it holds the
-/// leader Lease.
+/// What setpoint-reconciler did in the cluster as Setpoint's ServiceAccount (the RBAC of
+/// `k8s/base`): it scaled `namespace/name` to `replicas`, and it holds the leader Lease.
 fn reconciled_as_leader(kubeconfig: &str, namespace: &str, name: &str, replicas: i32) {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::coordination::v1::Lease;
@@ -120,7 +121,7 @@ fn reconciled_as_leader(kubeconfig: &str, namespace: &str, name: &str, replicas:
         let holder = lease.spec.and_then(|spec| spec.holder_identity);
         assert!(
             holder.is_some_and(|holder| !holder.is_empty()),
-            "the server holds the Lease"
+            "the reconciler holds the Lease"
         );
     });
 }
@@ -132,15 +133,23 @@ fn make_run_serves_the_cli_and_stops_cleanly() {
     let mut dev = Dev(Command::new(env!("CARGO_BIN_EXE_setpoint-dev"))
         .arg(format!("--dir={}", dir.path().display()))
         .arg(format!(
-            "--server-bin={}",
+            "--api-bin={}",
+            binary("setpoint-api", option_env!("CARGO_BIN_EXE_setpoint-api")).display()
+        ))
+        .arg(format!(
+            "--reconciler-bin={}",
             binary(
-                "setpoint-server",
-                option_env!("CARGO_BIN_EXE_setpoint-server")
+                "setpoint-reconciler",
+                option_env!("CARGO_BIN_EXE_setpoint-reconciler")
             )
             .display()
         ))
         .arg(format!("--listen=127.0.0.1:{}", free_port()))
         .arg(format!("--http-listen=127.0.0.1:{}", free_port()))
+        .arg(format!(
+            "--reconciler-http-listen=127.0.0.1:{}",
+            free_port()
+        ))
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()

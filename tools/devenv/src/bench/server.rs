@@ -1,0 +1,99 @@
+//! The one place that starts and stops the setpoint-server binary under test and
+//! chooses its flags: those every run shares, and the one each kind of run adds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::Args;
+
+/// What a server is started for: decides its log file and the flags that run adds.
+#[derive(Clone, Copy)]
+pub(crate) enum Run {
+    /// The measurements at one Deployment count.
+    Size { deployments: usize },
+    /// The soak test, its clients all connecting from one address.
+    Soak { clients: usize },
+    /// The watcher benchmark, its watches all by one identity.
+    Watchers { watches: usize },
+}
+
+impl Run {
+    fn log(self) -> String {
+        match self {
+            Run::Size { deployments } => format!("server-{deployments}.log"),
+            Run::Soak { .. } => "server-soak.log".into(),
+            Run::Watchers { .. } => "server-watchers.log".into(),
+        }
+    }
+
+    fn extra_args(self) -> Vec<String> {
+        match self {
+            Run::Size { .. } => vec![],
+            // All clients connect from one address.
+            Run::Soak { clients } => vec![format!("--max-handshakes-per-source={clients}")],
+            Run::Watchers { watches } => vec![format!("--max-watches-per-identity={watches}")],
+        }
+    }
+}
+
+/// A running release server.
+pub(crate) struct Server {
+    process: tokio::process::Child,
+    pub(crate) pid: u32,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    /// Its log file.
+    pub(crate) log: PathBuf,
+    /// From start to `/readyz` answering 200.
+    pub(crate) ready: Duration,
+}
+
+impl Server {
+    /// Starts `args.server_bin` with the files in `dir` and waits until it is ready.
+    pub(crate) async fn start(args: &Args, dir: &Path, run: Run) -> anyhow::Result<Self> {
+        let (grpc, http) = (free_address()?, free_address()?);
+        let log = dir.join(run.log());
+        let started = Instant::now();
+        let process = devenv::spawn_api(
+            &args.server_bin,
+            dir,
+            grpc,
+            http,
+            Some(&log),
+            &[
+                // Every sample is a write by the same identity: keep the rate limit out
+                // of the way.
+                format!("--writes-per-minute={}", args.writes.max(60)),
+                format!("--write-burst={}", args.writes.max(60)),
+                // The health probe and watch renewals are the requests a replica sends
+                // on its own; spaced out, any request during the reads is one of theirs.
+                "--probe-interval=10m".into(),
+                "--watch-timeout=30m".into(),
+            ]
+            .into_iter()
+            .chain(run.extra_args())
+            .collect::<Vec<_>>(),
+        )?;
+        devenv::wait_until_ready(http).await?;
+        Ok(Self {
+            pid: process.id().context("the server exited")?,
+            process,
+            grpc,
+            http,
+            log,
+            ready: started.elapsed(),
+        })
+    }
+
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.process.kill().await?;
+        Ok(())
+    }
+}
+
+fn free_address() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
