@@ -39,7 +39,7 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
-run: controlplane ## Local control plane, demo Deployments, dev PKI and the server (Ctrl-C stops)
+run: controlplane ## Local control plane, demo Deployments, dev PKI, the API and the reconciler (Ctrl-C stops)
 	$(CARGO) build --locked --bins
 	target/debug/setpoint-dev
 
@@ -70,7 +70,7 @@ endif
 # BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
 BENCH_ARGS ?=
 SETPOINT_BENCH = ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench \
-  --server-bin target/release/setpoint-server --ghz "$$ghz" $(BENCH_ARGS)
+  --server-bin target/release/setpoint-api --ghz "$$ghz" $(BENCH_ARGS)
 .PHONY: bench
 bench: controlplane ## Release build; 1,000 vs 10,000 Deployments: reads (ghz), CPU per call, memory, writes → docs/benchmarks.md
 	$(CARGO) build --release --locked --bins
@@ -90,9 +90,9 @@ fuzz: ## Property tests ("fuzz"): request validation, selector, page token, poli
 ifeq ($(BUILD),bazel)
 # --nocache_test_results: each run tries new random cases, never a cached result.
 	$(BAZEL) test --test_env=PROPTEST_CASES=$(FUZZ_CASES) --test_arg=properties --test_output=summary \
-	  --nocache_test_results //services/core:setpoint_core_unit_test //services/server:setpoint_server_unit_test
+	  --nocache_test_results //services/core:setpoint_core_unit_test //services/api:setpoint_api_unit_test
 else
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-server --lib properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p setpoint-core -p setpoint-api --lib properties
 endif
 
 .PHONY: image
@@ -164,7 +164,7 @@ fmt: ## Format the Rust code and the Bazel files
 
 .PHONY: crds
 crds: ## Regenerate k8s/base/crd.yaml from the Rust types
-	$(CARGO) run --quiet --locked -p setpoint-k8s --bin crdgen > k8s/base/crd.yaml
+	$(CARGO) run --quiet --locked -p setpoint-k8s-api --bin crdgen > k8s/base/crd.yaml
 
 .PHONY: clean
 clean: ## Remove build output (the control-plane cache in ~/.cache/setpoint stays)

@@ -1045,7 +1045,7 @@ async fn an_unreachable_api_server_is_reported_with_its_likely_cause() {
         .await
         .expect("proxy");
     proxy.set(Link::BlackHole);
-    let server = Setpoint::start_via(Some(&proxy), "setpoint", &["--identity=cut-off"]).await;
+    let server = Setpoint::start_via(Some(&proxy), "setpoint", &[]).await;
     let body = testenv::wait_for("/readyz to name the cause", || async {
         let (code, body) = server.http_get("/readyz").await;
         (code == 503 && body.contains("did not answer")).then_some(body)

@@ -5,28 +5,27 @@ use std::time::Duration;
 
 /// Parses `250ms`, `10s`, `5m` or `1h`; the error names the problem.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = |problem: &str| {
+        format!("`{text}`: expected a duration such as 500ms, 10s, 5m or 1h ({problem})")
+    };
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (ms, s, m or h)"))?;
+        .ok_or_else(|| invalid("no unit"))?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+        .map_err(|_| invalid("no whole number before the unit"))?;
     let milliseconds = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => {
-            return Err(format!(
-                "`{unit}` in `{text}` is not a unit (ms, s, m or h)"
-            ));
-        }
+        _ => return Err(invalid(&format!("`{unit}` is not ms, s, m or h"))),
     };
     number
         .checked_mul(milliseconds)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long a duration"))
+        .ok_or_else(|| invalid("too long"))
 }
 
 #[cfg(test)]
@@ -44,18 +43,16 @@ mod tests {
     #[test]
     fn durations_without_a_number_or_a_known_unit_are_rejected() {
         for (text, problem) in [
-            ("10", "has no unit"),
-            ("s", "does not start with a whole number"),
-            ("", "has no unit"),
-            ("10d", "is not a unit"),
-            ("soon", "does not start with a whole number"),
+            ("10", "no unit"),
+            ("s", "no whole number"),
+            ("", "no unit"),
+            ("10d", "`d` is not ms, s, m or h"),
+            ("soon", "no whole number"),
             ("18446744073709551615h", "too long"),
-            (
-                "99999999999999999999h",
-                "does not start with a whole number",
-            ),
+            ("99999999999999999999h", "no whole number"),
         ] {
             let error = parse_duration(text).expect_err(text);
+            assert!(error.contains("expected a duration"), "{text}: {error}");
             assert!(error.contains(problem), "{text}: {error}");
         }
     }

@@ -1,7 +1,7 @@
 //! The shipped manifests (`k8s/base`), checked as far as a cluster without kubelet
 //! allows: they apply cleanly, the ServiceAccount can do exactly what Setpoint needs,
-//! the Deployment passes the restricted Pod Security admission, and the security fields
-//! and NetworkPolicy say what RFD 0001 says.
+//! both Deployments (setpoint-api, setpoint-reconciler) pass the restricted Pod Security
+//! admission, and the security fields and NetworkPolicy say what RFD 0001 says.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -348,7 +348,7 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
 }
 
 #[tokio::test]
-async fn the_deployment_passes_restricted_pod_security_admission() {
+async fn the_deployments_pass_restricted_pod_security_admission() {
     let control_plane = applied().await;
     control_plane
         .start_controller_manager()
@@ -359,12 +359,12 @@ async fn the_deployment_passes_restricted_pod_security_admission() {
     );
     // The namespace enforces `restricted`: a violating pod template would leave the
     // ReplicaSet unable to create any Pod.
-    let created = testenv::wait_for("the ReplicaSet to create Setpoint's Pods", || async {
+    let created = testenv::wait_for("the ReplicaSets to create Setpoint's Pods", || async {
         let list = pods
             .list(&ListParams::default().labels("app.kubernetes.io/name=setpoint"))
             .await
             .ok()?;
-        (list.items.len() == 2).then_some(list.items)
+        (list.items.len() == 4).then_some(list.items)
     })
     .await;
     for pod in created {
@@ -375,7 +375,7 @@ async fn the_deployment_passes_restricted_pod_security_admission() {
 
 #[test]
 fn client_certificates_are_verified_against_their_own_ca() {
-    let deployment: Deployment = parse("deployment.yaml");
+    let deployment: Deployment = parse("api.yaml");
     let pod = deployment
         .spec
         .and_then(|spec| spec.template.spec)
@@ -407,20 +407,53 @@ fn client_certificates_are_verified_against_their_own_ca() {
 }
 
 #[test]
-fn the_deployment_is_hardened() {
-    let deployment: Deployment = parse("deployment.yaml");
-    let spec = deployment.spec.expect("spec");
-    assert_eq!(
-        spec.replicas,
-        Some(2),
-        "two replicas: one leads, both serve"
-    );
+fn the_api_serves_from_two_replicas_and_drains() {
+    let spec = parse::<Deployment>("api.yaml").spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "two replicas serve");
     let pod = spec.template.spec.expect("pod spec");
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.containers[0].command,
+        Some(vec!["/setpoint-api".into()])
+    );
     assert!(
         pod.termination_grace_period_seconds >= Some(30),
         "covers the 20 s drain"
     );
+}
+
+#[test]
+fn the_reconciler_runs_two_replicas_without_api_material() {
+    let spec = parse::<Deployment>("reconciler.yaml").spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "one leads, one stays warm");
+    let pod = spec.template.spec.expect("pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(container.command, Some(vec!["/setpoint-reconciler".into()]));
+    let mounts: Vec<_> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| mount.name.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        ["kube-api-access"],
+        "no TLS key, client CA or policy"
+    );
+}
+
+#[test]
+fn the_deployments_are_hardened() {
+    for file in ["api.yaml", "reconciler.yaml"] {
+        hardened(parse(file));
+    }
+}
+
+fn hardened(deployment: Deployment) {
+    let pod = deployment
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .expect("pod spec");
+    assert_eq!(pod.automount_service_account_token, Some(false));
     assert!(
         !pod.topology_spread_constraints
             .unwrap_or_default()

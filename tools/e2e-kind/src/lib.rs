@@ -16,10 +16,15 @@ use kube::api::ListParams;
 use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config};
 
-/// Setpoint's namespace, Deployment name and pod label value.
+/// Setpoint's namespace, ServiceAccount, Service and pod label value.
 pub const SETPOINT: &str = "setpoint";
-/// Setpoint's pod label selector.
+/// The pods of both Setpoint processes.
 pub const SETPOINT_PODS: &str = "app.kubernetes.io/name=setpoint";
+/// setpoint-api's pods (Deployment `setpoint-api`).
+pub const API_PODS: &str = "app.kubernetes.io/name=setpoint,app.kubernetes.io/component=api";
+/// setpoint-reconciler's pods (Deployment `setpoint-reconciler`).
+pub const RECONCILER_PODS: &str =
+    "app.kubernetes.io/name=setpoint,app.kubernetes.io/component=reconciler";
 /// Namespace labels the shipped NetworkPolicy admits.
 pub const CLIENT_LABEL: (&str, &str) = ("setpoint.dev/client", "true");
 pub const METRICS_LABEL: (&str, &str) = ("setpoint.dev/metrics", "true");
@@ -238,15 +243,16 @@ spec:
         }
     }
 
-    /// Setpoint's pods that are Ready and not terminating, once there are `count`.
-    pub async fn setpoint_pods(&self, count: usize) -> anyhow::Result<Vec<Pod>> {
+    /// Setpoint's pods of `selector` that are Ready and not terminating, once there are
+    /// `count`.
+    pub async fn setpoint_pods(&self, selector: &str, count: usize) -> anyhow::Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), SETPOINT);
         wait_for(
-            &format!("{count} Ready Setpoint pods"),
+            &format!("{count} Ready pods {selector}"),
             Duration::from_secs(180),
             || async {
                 let ready: Vec<Pod> = pods
-                    .list(&ListParams::default().labels(SETPOINT_PODS))
+                    .list(&ListParams::default().labels(selector))
                     .await?
                     .items
                     .into_iter()

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use e2e_kind::{
-    CLIENT_LABEL, Cluster, METRICS_LABEL, SETPOINT, SETPOINT_PODS, http_get, is_ready, run,
-    setpointctl, wait_for,
+    API_PODS, CLIENT_LABEL, Cluster, METRICS_LABEL, RECONCILER_PODS, SETPOINT, SETPOINT_PODS,
+    http_get, is_ready, run, setpointctl, wait_for,
 };
 use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -46,9 +46,16 @@ fn ip_of(pod: &Pod) -> String {
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
 async fn both_replicas_run_hardened_on_different_nodes() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let pods = cluster.setpoint_pods(2).await?;
-    let nodes: BTreeSet<String> = pods.iter().map(node_of).collect();
-    ensure!(nodes.len() == 2, "both replicas run on {nodes:?}");
+    let mut pods = Vec::new();
+    for selector in [API_PODS, RECONCILER_PODS] {
+        let replicas = cluster.setpoint_pods(selector, 2).await?;
+        let nodes: BTreeSet<String> = replicas.iter().map(node_of).collect();
+        ensure!(
+            nodes.len() == 2,
+            "both replicas of {selector} run on {nodes:?}"
+        );
+        pods.extend(replicas);
+    }
     for pod in &pods {
         let status = pod.status.as_ref().context("pod status")?;
         let containers = status.container_statuses.as_deref().unwrap_or_default();
@@ -166,7 +173,7 @@ async fn set_converges_and_external_scaling_is_reverted(
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
 async fn setpointctl_through_the_service_sets_and_reverts() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    cluster.setpoint_pods(2).await?;
+    cluster.setpoint_pods(API_PODS, 2).await?;
     let namespace = cluster.namespace("e2e-cli", &[])?;
     let forward = cluster.port_forward(SETPOINT, "service/setpoint", 8443)?;
     let server = format!("https://localhost:{}", forward.port);
@@ -201,7 +208,7 @@ fn leader_gauge(metrics: &str) -> Option<u8> {
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
 async fn another_replica_takes_over_when_the_leader_pod_is_deleted() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let pods = cluster.setpoint_pods(2).await?;
+    let pods = cluster.setpoint_pods(RECONCILER_PODS, 2).await?;
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), SETPOINT);
     let holder = || async {
         let lease = leases.get("setpoint-leader").await?;
@@ -275,7 +282,7 @@ async fn another_replica_takes_over_when_the_leader_pod_is_deleted() -> anyhow::
     );
 
     // Exactly one leader among the running replicas, by their own metric.
-    let pods = cluster.setpoint_pods(2).await?;
+    let pods = cluster.setpoint_pods(RECONCILER_PODS, 2).await?;
     let mut leading = Vec::new();
     for pod in &pods {
         let forward = cluster.port_forward(SETPOINT, &format!("pod/{}", name_of(pod)), 8081)?;
@@ -386,7 +393,7 @@ async fn network_policy_limits_setpoint_egress_to_the_api_server() -> anyhow::Re
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
 async fn network_policy_admits_only_labelled_namespaces() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let pods = cluster.setpoint_pods(2).await?;
+    let pods = cluster.setpoint_pods(API_PODS, 2).await?;
     let client = cluster.namespace("e2e-client", &[CLIENT_LABEL])?;
     let monitoring = cluster.namespace("e2e-monitoring", &[METRICS_LABEL])?;
     let other = cluster.namespace("e2e-other", &[])?;
@@ -427,7 +434,7 @@ async fn network_policy_admits_only_labelled_namespaces() -> anyhow::Result<()> 
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
 async fn a_rolling_restart_fails_no_call() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    cluster.setpoint_pods(2).await?;
+    cluster.setpoint_pods(API_PODS, 2).await?;
     let namespace = cluster.namespace("e2e-rollout", &[])?;
     cluster.workload(&namespace.name, "web", 1)?;
     // From this machine through a NodePort: kube-proxy spreads new connections over the
@@ -503,20 +510,26 @@ spec:
                 failures
             })
         };
-        cluster.kubectl(&["-n", SETPOINT, "rollout", "restart", "deployment/setpoint"])?;
+        cluster.kubectl(&[
+            "-n",
+            SETPOINT,
+            "rollout",
+            "restart",
+            "deployment/setpoint-api",
+        ])?;
         cluster.kubectl(&[
             "-n",
             SETPOINT,
             "rollout",
             "status",
-            "deployment/setpoint",
+            "deployment/setpoint-api",
             "--timeout=300s",
         ])?;
         // Until the replaced pods have exited, not only until the new ones are Ready.
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SETPOINT);
         wait_for("the old pods to exit", Duration::from_secs(60), || async {
             let all = pods
-                .list(&kube::api::ListParams::default().labels(SETPOINT_PODS))
+                .list(&kube::api::ListParams::default().labels(API_PODS))
                 .await?
                 .items;
             Ok((all.len() == 2 && all.iter().all(is_ready)).then_some(()))
@@ -590,7 +603,7 @@ fn expected(rules: &[(&str, &str, &[&str], &str)]) -> BTreeSet<(String, String, 
 async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
     // The pods really run as this ServiceAccount.
-    for pod in cluster.setpoint_pods(2).await? {
+    for pod in cluster.setpoint_pods(SETPOINT_PODS, 4).await? {
         let account = pod
             .spec
             .as_ref()

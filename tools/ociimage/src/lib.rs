@@ -1,20 +1,24 @@
-//! Builds a single-layer OCI image around one static binary: no base image, no shell,
-//! no package manager, a numeric non-root user. The output is one tar archive that is
-//! both an OCI image layout (`index.json`, `oci-layout`, `blobs/`) and a Docker archive
-//! (`manifest.json`), so `docker load` and `kind load image-archive` both accept it.
+//! Builds Setpoint's OCI image: one layer holding its static binaries at the root
+//! (`/setpoint-api`, `/setpoint-reconciler`), no base image, no shell, no package manager,
+//! a numeric non-root user. The output is one tar archive that is both an OCI image
+//! layout (`index.json`, `oci-layout`, `blobs/`) and a Docker archive (`manifest.json`),
+//! so `docker load` and `kind load image-archive` both accept it.
 //!
-//! Reproducible by construction: every timestamp is fixed, entries are written in a
-//! fixed order with fixed owners, JSON has a fixed key order, and the layer is stored
-//! uncompressed (its digest is its diff ID; no compressor version can change it).
+//! Reproducible by construction: every timestamp is fixed, entries are written in name
+//! order (whatever order the binaries were given in) with fixed owners, JSON has a fixed
+//! key order, and the layer is stored uncompressed (its digest is its diff ID; no
+//! compressor version can change it).
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// The user the image runs as (distroless "nonroot").
 pub const USER: &str = "65532:65532";
-/// Where the binary lives in the image.
-pub const ENTRYPOINT: &str = "/setpoint-server";
-/// The server's default listeners: gRPC (mTLS) and HTTP (health, metrics).
+/// What the image runs when a Deployment sets no `command`: the API server. Each of
+/// Setpoint's Deployments names its binary explicitly (k8s/base/api.yaml, reconciler.yaml).
+pub const ENTRYPOINT: &str = "/setpoint-api";
+/// The API server's default listeners: gRPC (mTLS) and HTTP (health, metrics); the
+/// reconciler uses the HTTP one.
 pub const EXPOSED_PORTS: &[&str] = &["8443/tcp", "8081/tcp"];
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -25,11 +29,11 @@ const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 pub const SOURCE: &str = "https://github.com/setpoint-dev/setpoint";
 
 /// The image's `org.opencontainers.image.*` labels (without the prefix): the fixed ones
-/// and those given for each build. The Bazel image (`services/server/BUILD.bazel`) has
-/// the same; `//tools/ociimage:image_parity_test` compares the two images.
+/// and those given for each build. The Bazel image (`services/BUILD.bazel`) has the
+/// same; `//tools/ociimage:image_parity_test` compares the two images.
 pub fn labels<'a>(version: &'a str, source: &'a str, revision: &'a str) -> [(&'a str, &'a str); 5] {
     [
-        ("title", "setpoint-server"),
+        ("title", "setpoint"),
         ("version", version),
         ("source", source),
         ("revision", revision),
@@ -37,14 +41,21 @@ pub fn labels<'a>(version: &'a str, source: &'a str, revision: &'a str) -> [(&'a
     ]
 }
 
-/// What goes into the image besides the binary.
+/// What goes into the image besides the binaries.
 pub struct ImageSpec<'a> {
-    /// `repository:tag`, e.g. `setpoint-server:dev`.
+    /// `repository:tag`, e.g. `setpoint:dev`.
     pub tag: &'a str,
     /// Seconds since the epoch for every timestamp (`SOURCE_DATE_EPOCH`).
     pub created: u64,
     /// `org.opencontainers.image.*` labels, e.g. `("version", "0.1.0")`.
     pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// One executable of the image, at `/<name>`.
+pub struct Binary<'a> {
+    /// Its file name in the image, e.g. `setpoint-api`.
+    pub name: &'a str,
+    pub contents: &'a [u8],
 }
 
 /// The image archive and its manifest digest (`sha256:…`), which names the image.
@@ -53,10 +64,9 @@ pub struct Image {
     pub digest: String,
 }
 
-/// Why no image was built: the binary is one the image could not run, or the archive
-/// could not be written.
+/// Why an executable cannot run in the image.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ExecutableError {
     #[error("not a 64-bit little-endian ELF executable")]
     NotElf,
     #[error("ELF machine {0:#x} is not x86_64 or aarch64")]
@@ -66,29 +76,57 @@ pub enum Error {
          build it with -C target-feature=+crt-static"
     )]
     Dynamic,
+}
+
+/// Why no image was built: a binary the image could not run, a set of binaries that do
+/// not make one image, or an archive that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{name} cannot run in the image")]
+    Unrunnable {
+        name: String,
+        #[source]
+        reason: ExecutableError,
+    },
+    #[error(
+        "{name} is built for {architecture}, but {entrypoint} (the entrypoint) for \
+         {expected}: the binaries of one image share its architecture",
+        entrypoint = ENTRYPOINT.trim_start_matches('/')
+    )]
+    MixedArchitectures {
+        name: String,
+        architecture: &'static str,
+        expected: &'static str,
+    },
+    #[error("no binary is named {}, the image's entrypoint", ENTRYPOINT.trim_start_matches('/'))]
+    NoEntrypoint,
+    #[error("two binaries are named {0}")]
+    DuplicateName(String),
+    #[error("{0:?} is not a file name the image's root can hold")]
+    InvalidName(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 /// The OCI architecture of a static ELF executable, read from its header; refuses
 /// anything the image could not run.
-pub fn architecture(binary: &[u8]) -> Result<&'static str, Error> {
+pub fn architecture(binary: &[u8]) -> Result<&'static str, ExecutableError> {
     const PT_INTERP: u32 = 3;
-    fn field<const N: usize>(binary: &[u8], at: u64) -> Result<[u8; N], Error> {
-        let at = usize::try_from(at).map_err(|_| Error::NotElf)?;
+    fn field<const N: usize>(binary: &[u8], at: u64) -> Result<[u8; N], ExecutableError> {
+        let at = usize::try_from(at).map_err(|_| ExecutableError::NotElf)?;
         binary
             .get(at..at.saturating_add(N))
             .and_then(|bytes| bytes.try_into().ok())
-            .ok_or(Error::NotElf)
+            .ok_or(ExecutableError::NotElf)
     }
     // ELF magic, ELFCLASS64, ELFDATA2LSB.
     if field::<6>(binary, 0)? != *b"\x7fELF\x02\x01" {
-        return Err(Error::NotElf);
+        return Err(ExecutableError::NotElf);
     }
     let architecture = match u16::from_le_bytes(field(binary, 18)?) {
         0x3e => "amd64",
         0xb7 => "arm64",
-        other => return Err(Error::UnsupportedMachine(other)),
+        other => return Err(ExecutableError::UnsupportedMachine(other)),
     };
     // The program headers: none may name an interpreter (the dynamic loader).
     let table = u64::from_le_bytes(field(binary, 0x20)?);
@@ -96,19 +134,60 @@ pub fn architecture(binary: &[u8]) -> Result<&'static str, Error> {
     for index in 0..u64::from(u16::from_le_bytes(field(binary, 0x38)?)) {
         let at = table.saturating_add(index * entry_size);
         if u32::from_le_bytes(field(binary, at)?) == PT_INTERP {
-            return Err(Error::Dynamic);
+            return Err(ExecutableError::Dynamic);
         }
     }
     Ok(architecture)
 }
 
-/// The image for `binary`, which must be a static x86_64 or aarch64 ELF executable.
-pub fn build(binary: &[u8], spec: &ImageSpec) -> Result<Image, Error> {
-    let architecture = architecture(binary)?;
-    let layer = tar_of(
-        &[(ENTRYPOINT.trim_start_matches('/'), binary, 0o755)],
-        spec.created,
-    )?;
+/// The architecture of a binary of the image, or why it cannot run there.
+fn runnable(binary: &Binary) -> Result<&'static str, Error> {
+    architecture(binary.contents).map_err(|reason| Error::Unrunnable {
+        name: binary.name.to_owned(),
+        reason,
+    })
+}
+
+/// The one architecture of `binaries` (sorted by name): each a static x86_64 or aarch64
+/// ELF executable with a file name of its own, built for the entrypoint's architecture.
+fn common_architecture(binaries: &[&Binary]) -> Result<&'static str, Error> {
+    let entrypoint = binaries
+        .iter()
+        .find(|binary| ENTRYPOINT.strip_prefix('/') == Some(binary.name))
+        .ok_or(Error::NoEntrypoint)?;
+    let expected = runnable(entrypoint)?;
+    for (index, binary) in binaries.iter().enumerate() {
+        let name = binary.name;
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(Error::InvalidName(name.to_owned()));
+        }
+        if index > 0 && binaries[index - 1].name == name {
+            return Err(Error::DuplicateName(name.to_owned()));
+        }
+        let architecture = runnable(binary)?;
+        if architecture != expected {
+            return Err(Error::MixedArchitectures {
+                name: name.to_owned(),
+                architecture,
+                expected,
+            });
+        }
+    }
+    Ok(expected)
+}
+
+/// The image of `binaries`: static x86_64 or aarch64 ELF executables of one
+/// architecture, with distinct names, one of them `setpoint-api` (the entrypoint). The
+/// order they are given in does not change the image.
+pub fn build(binaries: &[Binary], spec: &ImageSpec) -> Result<Image, Error> {
+    let mut binaries: Vec<&Binary> = binaries.iter().collect();
+    binaries.sort_unstable_by_key(|binary| binary.name);
+    let architecture = common_architecture(&binaries)?;
+    let files: Vec<(&str, &[u8], u32)> = binaries
+        .iter()
+        .map(|binary| (binary.name, binary.contents, 0o755))
+        .collect();
+    let layer = tar_of(&files, spec.created)?;
     let layer_digest = sha256(&layer);
     let labels: serde_json::Map<String, serde_json::Value> = spec
         .labels
