@@ -20,16 +20,16 @@ pub enum Error {
     MissingDeployment,
     #[error("replicas must be between 0 and {max}, got {value}")]
     ReplicasOutOfRange { value: i32, max: i32 },
-    #[error("page_size must be between 0 and {max}, got {value}")]
+    #[error("the page size must be between 0 and {max}, got {value}")]
     PageSizeOutOfRange { value: i32, max: usize },
-    #[error("page_token is not a next_page_token from a previous ListDeployments response")]
+    #[error("the page token is not one a previous page of a listing returned")]
     InvalidPageToken,
     #[error(
-        "page_token continues another query: use it with the namespace and label_selector \
-         it came with (or start again without it)"
+        "the page token continues another query: use it with the namespace and label \
+         selector it came with (or start again without it)"
     )]
     PageTokenOfAnotherQuery,
-    #[error("label_selector {selector:?}: {reason}")]
+    #[error("label selector {selector:?}: {reason}")]
     InvalidSelector { selector: String, reason: String },
 
     /// The caller presented no usable identity.
@@ -109,7 +109,7 @@ pub enum Error {
     /// A watcher read more slowly than changes came and fell behind.
     #[error(
         "the watch fell {behind} changes behind (the client reads too slowly); watch again \
-         with the last resume_token"
+         with the last resume token"
     )]
     WatchLagged { behind: u64 },
     /// A resume token older than the server's history of changes, or from another
@@ -127,10 +127,7 @@ pub enum Error {
     #[error("the authorization policy changed the namespaces this caller may see; watch again")]
     ScopeChanged,
     /// A watch reached its maximum age.
-    #[error(
-        "the watch reached its maximum age (the server's --max-connection-age); resume with \
-         the last resume_token"
-    )]
+    #[error("the watch reached its maximum age; resume with the last resume token")]
     WatchExpired,
     /// The server stops; another replica serves.
     #[error("the server is shutting down; watch again")]

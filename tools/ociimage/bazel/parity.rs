@@ -1,9 +1,10 @@
-//! The two images agree: `//services/server:image` (rules_oci, `make image` under Bazel)
-//! and what `setpoint-image` (`make image` under Cargo) builds around the same static
-//! binary have the same platform, user, entrypoint, ports and labels, and the same
-//! binary at the same path, mode and owner. The Bazel image's distroless base adds what
-//! a base does (files, `Env`, `WorkingDir`); nothing else may differ. A Bazel-only test:
-//! it reads the image and the binary from its runfiles (BUILD.bazel next to this file).
+//! The two images agree: `//services:image` (rules_oci, `make image` under Bazel) and
+//! what `setpoint-image` (`make image` under Cargo) builds from the same two static
+//! binaries have the same platform, user, entrypoint, ports and labels, and the same
+//! binaries at the same paths, in the same order, with the same mode and owner. The
+//! Bazel image's distroless base adds what a base does (files, `Env`, `WorkingDir`);
+//! nothing else may differ. A Bazel-only test: it reads the image and the binaries from
+//! its runfiles (BUILD.bazel next to this file).
 
 use serde_json::Value;
 use std::io::Read;
@@ -59,7 +60,7 @@ fn config_and_top_layer(layout: &Path) -> (Value, Vec<u8>) {
     let top = layers.last().expect("a layer");
     assert_eq!(
         top["mediaType"], "application/vnd.oci.image.layer.v1.tar",
-        "the binary's layer is an uncompressed tar"
+        "the binaries' layer is an uncompressed tar"
     );
     (
         json(&blob(layout, &manifest["config"]["digest"])),
@@ -69,17 +70,29 @@ fn config_and_top_layer(layout: &Path) -> (Value, Vec<u8>) {
 
 #[test]
 fn the_bazel_image_equals_setpoint_image_but_for_its_base() {
-    let binary = std::fs::read(runfile("STATIC_BINARY")).expect("the static binary");
+    let api = std::fs::read(runfile("API_BINARY")).expect("the static setpoint-api");
+    let reconciler =
+        std::fs::read(runfile("RECONCILER_BINARY")).expect("the static setpoint-reconciler");
     let (bazel_config, bazel_layer) = config_and_top_layer(&runfile("BAZEL_IMAGE"));
 
-    // What `make image` writes for the same binary, unstamped like a plain Bazel build.
+    // What `make image` writes for the same binaries, unstamped like a plain Bazel build.
     let labels = ociimage::labels(env!("CARGO_PKG_VERSION"), ociimage::SOURCE, "unknown");
     let spec = ociimage::ImageSpec {
-        tag: "setpoint-server:dev",
+        tag: "setpoint:dev",
         created: 0,
         labels: &labels,
     };
-    let image = ociimage::build(&binary, &spec).expect("setpoint-image");
+    let binaries = [
+        ociimage::Binary {
+            name: "setpoint-api",
+            contents: &api,
+        },
+        ociimage::Binary {
+            name: "setpoint-reconciler",
+            contents: &reconciler,
+        },
+    ];
+    let image = ociimage::build(&binaries, &spec).expect("setpoint-image");
     let layout = tempfile::tempdir().expect("temporary directory");
     tar::Archive::new(image.archive.as_slice())
         .unpack(layout.path())
@@ -95,6 +108,10 @@ fn the_bazel_image_equals_setpoint_image_but_for_its_base() {
             "config.{field}"
         );
     }
+    assert_eq!(
+        bazel_config["config"]["Entrypoint"],
+        serde_json::json!([ociimage::ENTRYPOINT])
+    );
     // The base's part of the config, and nothing else.
     let mut base_only: Vec<&str> = bazel_config["config"]
         .as_object()
@@ -112,14 +129,15 @@ fn the_bazel_image_equals_setpoint_image_but_for_its_base() {
     assert_eq!(base_only, ["Env", "WorkingDir"]);
 
     let bazel_files = files(&bazel_layer);
-    assert_eq!(bazel_files, files(&cargo_layer), "the binary's layer");
-    assert_eq!(bazel_files.len(), 1);
+    assert_eq!(bazel_files, files(&cargo_layer), "the binaries' layer");
+    let names: Vec<&str> = bazel_files.iter().map(|file| file.0.as_str()).collect();
+    assert_eq!(names, ["setpoint-api", "setpoint-reconciler"]);
     assert_eq!(
-        bazel_files[0].0,
-        ociimage::ENTRYPOINT.trim_start_matches('/')
+        bazel_files[0].4, api,
+        "setpoint-api in the image is the static build"
     );
     assert_eq!(
-        bazel_files[0].4, binary,
-        "the binary in the image is the static build"
+        bazel_files[1].4, reconciler,
+        "setpoint-reconciler in the image is the static build"
     );
 }

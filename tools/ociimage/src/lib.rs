@@ -328,7 +328,7 @@ mod tests {
     use super::*;
 
     const SPEC: ImageSpec = ImageSpec {
-        tag: "setpoint-server:dev",
+        tag: "setpoint:dev",
         created: 1_700_000_000,
         labels: &[
             ("version", "0.1.0"),
@@ -336,7 +336,8 @@ mod tests {
         ],
     };
 
-    fn entries(archive: &[u8]) -> HashMap<String, Vec<u8>> {
+    /// Each entry of a tar: path, mode and contents, in archive order.
+    fn entries(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
         let mut archive = tar::Archive::new(archive);
         archive
             .entries()
@@ -344,10 +345,18 @@ mod tests {
             .map(|entry| {
                 let mut entry = entry.expect("entry");
                 let path = entry.path().expect("path").display().to_string();
+                let mode = entry.header().mode().expect("mode");
                 let mut contents = Vec::new();
                 entry.read_to_end(&mut contents).expect("read");
-                (path, contents)
+                (path, mode, contents)
             })
+            .collect()
+    }
+
+    fn files(archive: &[u8]) -> HashMap<String, Vec<u8>> {
+        entries(archive)
+            .into_iter()
+            .map(|(path, _, contents)| (path, contents))
             .collect()
     }
 
@@ -369,21 +378,70 @@ mod tests {
         header
     }
 
+    fn api(contents: &[u8]) -> Binary<'_> {
+        Binary {
+            name: "setpoint-api",
+            contents,
+        }
+    }
+
+    fn reconciler(contents: &[u8]) -> Binary<'_> {
+        Binary {
+            name: "setpoint-reconciler",
+            contents,
+        }
+    }
+
+    /// The image's config and its one layer.
+    fn config_and_layer(image: &Image) -> (serde_json::Value, Vec<u8>) {
+        let files = files(&image.archive);
+        let blob = |digest: &str| {
+            files
+                .get(&format!(
+                    "blobs/sha256/{}",
+                    digest.trim_start_matches("sha256:")
+                ))
+                .unwrap_or_else(|| panic!("blob {digest}"))
+                .clone()
+        };
+        let manifest = json_of(&blob(&image.digest));
+        let config = json_of(&blob(
+            manifest["config"]["digest"].as_str().expect("digest"),
+        ));
+        let layer = blob(manifest["layers"][0]["digest"].as_str().expect("digest"));
+        (config, layer)
+    }
+
     #[test]
-    fn the_same_binary_gives_the_same_digest() {
-        let first = build(&elf(0x3e, 1, b"binary"), &SPEC).expect("image");
-        let second = build(&elf(0x3e, 1, b"binary"), &SPEC).expect("image");
+    fn the_same_binaries_give_the_same_digest() {
+        let (api_binary, reconciler_binary) = (elf(0x3e, 1, b"api"), elf(0x3e, 1, b"reconciler"));
+        let first =
+            build(&[api(&api_binary), reconciler(&reconciler_binary)], &SPEC).expect("image");
+        let second =
+            build(&[api(&api_binary), reconciler(&reconciler_binary)], &SPEC).expect("image");
         assert_eq!(first.archive, second.archive);
         assert_eq!(first.digest, second.digest);
-        let other = build(&elf(0x3e, 1, b"other binary"), &SPEC).expect("image");
+        let other_api = elf(0x3e, 1, b"other api");
+        let other =
+            build(&[api(&other_api), reconciler(&reconciler_binary)], &SPEC).expect("image");
         assert_ne!(first.digest, other.digest);
+    }
+
+    #[test]
+    fn the_order_binaries_are_given_in_does_not_change_the_image() {
+        let (api_binary, reconciler_binary) = (elf(0x3e, 1, b"api"), elf(0x3e, 1, b"reconciler"));
+        let forward =
+            build(&[api(&api_binary), reconciler(&reconciler_binary)], &SPEC).expect("image");
+        let backward =
+            build(&[reconciler(&reconciler_binary), api(&api_binary)], &SPEC).expect("image");
+        assert_eq!(forward.archive, backward.archive);
     }
 
     #[test]
     fn the_archive_is_a_consistent_oci_layout_and_docker_archive() {
         let binary = elf(0x3e, 1, b"static");
-        let image = build(&binary, &SPEC).expect("image");
-        let files = entries(&image.archive);
+        let image = build(&[api(&binary)], &SPEC).expect("image");
+        let files = files(&image.archive);
         let blob = |digest: &str| {
             files
                 .get(&format!(
@@ -395,6 +453,10 @@ mod tests {
         let index = json_of(&files["index.json"]);
         let descriptor = &index["manifests"][0];
         assert_eq!(descriptor["digest"], image.digest.as_str());
+        assert_eq!(
+            descriptor["annotations"]["io.containerd.image.name"],
+            "docker.io/library/setpoint:dev"
+        );
         let manifest_bytes = blob(&image.digest);
         assert_eq!(sha256(manifest_bytes), image.digest);
         let manifest = json_of(manifest_bytes);
@@ -409,7 +471,7 @@ mod tests {
         assert_eq!(config["architecture"], "amd64");
         assert_eq!(config["os"], "linux");
         assert_eq!(config["config"]["User"], USER);
-        assert_eq!(config["config"]["Entrypoint"][0], ENTRYPOINT);
+        assert_eq!(config["config"]["Entrypoint"], json!(["/setpoint-api"]));
         assert_eq!(config["config"]["ExposedPorts"]["8443/tcp"], json!({}));
         assert_eq!(
             config["config"]["Labels"]["org.opencontainers.image.version"],
@@ -417,29 +479,88 @@ mod tests {
         );
         assert_eq!(config["created"], "2023-11-14T22:13:20Z");
 
-        let layer_files = entries(layer);
-        assert_eq!(
-            layer_files.len(),
-            1,
-            "only the binary: no shell, no package manager"
-        );
-        assert_eq!(layer_files["setpoint-server"], binary);
-
         let docker = json_of(&files["manifest.json"]);
-        assert_eq!(docker[0]["RepoTags"][0], "setpoint-server:dev");
+        assert_eq!(docker[0]["RepoTags"][0], "setpoint:dev");
         assert!(files.contains_key(docker[0]["Config"].as_str().expect("config")));
     }
 
     #[test]
-    fn the_architecture_comes_from_the_binary() {
+    fn both_binaries_are_executables_at_the_root_of_one_layer_in_name_order() {
+        let (api_binary, reconciler_binary) = (elf(0x3e, 1, b"api"), elf(0x3e, 1, b"reconciler"));
+        let image =
+            build(&[reconciler(&reconciler_binary), api(&api_binary)], &SPEC).expect("image");
+        let (config, layer) = config_and_layer(&image);
+        assert_eq!(
+            config["rootfs"]["diff_ids"]
+                .as_array()
+                .expect("diff_ids")
+                .len(),
+            1
+        );
+        assert_eq!(
+            entries(&layer),
+            [
+                ("setpoint-api".to_owned(), 0o755, api_binary),
+                ("setpoint-reconciler".to_owned(), 0o755, reconciler_binary),
+            ],
+            "only the binaries: no shell, no package manager"
+        );
+        let mut archive = tar::Archive::new(layer.as_slice());
+        for entry in archive.entries().expect("tar") {
+            let header = entry.expect("entry").header().clone();
+            assert_eq!(
+                (header.uid().expect("uid"), header.gid().expect("gid")),
+                (0, 0)
+            );
+            assert_eq!(header.mtime().expect("mtime"), SPEC.created);
+        }
+    }
+
+    #[test]
+    fn the_architecture_comes_from_the_binaries() {
         assert_eq!(architecture(&elf(0x3e, 1, b"")).expect("x86_64"), "amd64");
         assert_eq!(architecture(&elf(0xb7, 1, b"")).expect("aarch64"), "arm64");
-        let image = build(&elf(0xb7, 1, b""), &SPEC).expect("image");
-        let config = entries(&image.archive)
-            .into_values()
-            .find(|contents| contents.starts_with(b"{\"architecture\""))
-            .expect("config");
-        assert_eq!(json_of(&config)["architecture"], "arm64");
+        let (api_binary, reconciler_binary) = (elf(0xb7, 1, b"api"), elf(0xb7, 1, b"reconciler"));
+        let image =
+            build(&[api(&api_binary), reconciler(&reconciler_binary)], &SPEC).expect("image");
+        assert_eq!(config_and_layer(&image).0["architecture"], "arm64");
+    }
+
+    #[test]
+    fn binaries_of_different_architectures_are_refused() {
+        let (api_binary, reconciler_binary) = (elf(0x3e, 1, b""), elf(0xb7, 1, b""));
+        let error = build(&[api(&api_binary), reconciler(&reconciler_binary)], &SPEC)
+            .err()
+            .expect("refused");
+        assert!(matches!(error, Error::MixedArchitectures { .. }));
+        assert_eq!(
+            error.to_string(),
+            "setpoint-reconciler is built for arm64, but setpoint-api (the entrypoint) for \
+             amd64: the binaries of one image share its architecture"
+        );
+    }
+
+    #[test]
+    fn an_image_without_the_entrypoint_binary_is_refused() {
+        let binary = elf(0x3e, 1, b"");
+        let error = build(&[reconciler(&binary)], &SPEC).err().expect("refused");
+        assert!(matches!(error, Error::NoEntrypoint), "{error}");
+        assert!(matches!(build(&[], &SPEC), Err(Error::NoEntrypoint)));
+    }
+
+    #[test]
+    fn names_that_are_not_one_file_at_the_root_are_refused() {
+        let binary = elf(0x3e, 1, b"");
+        let named = |name| Binary {
+            name,
+            contents: &binary,
+        };
+        for name in ["", ".", "..", "bin/setpoint", "nul\0"] {
+            let result = build(&[api(&binary), named(name)], &SPEC);
+            assert!(matches!(result, Err(Error::InvalidName(_))), "{name:?}");
+        }
+        let result = build(&[api(&binary), api(&binary)], &SPEC);
+        assert!(matches!(result, Err(Error::DuplicateName(name)) if name == "setpoint-api"));
     }
 
     #[test]
@@ -453,7 +574,23 @@ mod tests {
         assert!(refused(&elf(0x3e, 3, b"")).contains("+crt-static"));
         let truncated = &elf(0x3e, 1, b"")[..66];
         assert!(refused(truncated).contains("not a 64-bit"));
-        assert!(build(&elf(0x3e, 3, b""), &SPEC).is_err());
+
+        // The image names the binary it refuses.
+        let (api_binary, dynamic) = (elf(0x3e, 1, b""), elf(0x3e, 3, b""));
+        let error = build(&[api(&api_binary), reconciler(&dynamic)], &SPEC)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                &error,
+                Error::Unrunnable { name, reason: ExecutableError::Dynamic } if name == "setpoint-reconciler"
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "setpoint-reconciler cannot run in the image"
+        );
     }
 
     /// This test binary itself: a real, dynamically linked executable.
@@ -465,7 +602,10 @@ mod tests {
     ))]
     fn a_dynamically_linked_executable_is_refused() {
         let binary = std::fs::read(std::env::current_exe().expect("path")).expect("read");
-        assert!(matches!(architecture(&binary), Err(Error::Dynamic)));
+        assert!(matches!(
+            architecture(&binary),
+            Err(ExecutableError::Dynamic)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::Error;
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let (code, summary) = match &error {
-            Error::Domain(domain) => return Status::new(domain_code(domain), domain.to_string()),
+            Error::Domain(domain) => return Status::new(domain_code(domain), message(domain)),
             Error::Kube(kube) => kube_code(kube),
             Error::Timeout { .. } => (
                 Code::Unavailable,
@@ -55,6 +55,33 @@ fn domain_code(error: &Domain) -> Code {
         Domain::DeploymentNotFound(_) | Domain::NotManaged(_) => Code::NotFound,
         Domain::ManagedByAutoscaler { .. } => Code::FailedPrecondition,
         Domain::VersionMismatch { .. } | Domain::WriteContention { .. } => Code::Aborted,
+    }
+}
+
+/// The domain's own text, in the words of the request: the fields it names are the
+/// protobuf's, and a watch's maximum age is the server's `--max-connection-age`.
+fn message(error: &Domain) -> String {
+    match error {
+        Domain::PageSizeOutOfRange { value, max } => {
+            format!("page_size must be between 0 and {max}, got {value}")
+        }
+        Domain::InvalidPageToken => {
+            "page_token is not a next_page_token from a previous ListDeployments response".into()
+        }
+        Domain::PageTokenOfAnotherQuery => "page_token continues another query: use it with \
+            the namespace and label_selector it came with (or start again without it)"
+            .into(),
+        Domain::InvalidSelector { selector, reason } => {
+            format!("label_selector {selector:?}: {reason}")
+        }
+        Domain::WatchExpired => "the watch reached its maximum age (the server's \
+            --max-connection-age); resume with the last resume_token"
+            .into(),
+        Domain::WatchLagged { behind } => format!(
+            "the watch fell {behind} changes behind (the client reads too slowly); watch \
+             again with the last resume_token"
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -176,12 +203,40 @@ mod tests {
             ),
             (Domain::WriteContention { key, attempts: 5 }, Code::Aborted),
         ] {
-            let message = error.to_string();
+            let message = message(&error);
             let status = Status::from(Error::from(error));
             assert_eq!(
                 (status.code(), status.message()),
                 (expected, message.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn domain_errors_name_the_request_fields_only_on_the_wire() {
+        for (error, field) in [
+            (
+                Domain::PageSizeOutOfRange {
+                    value: 501,
+                    max: 500,
+                },
+                "page_size",
+            ),
+            (Domain::InvalidPageToken, "page_token"),
+            (Domain::PageTokenOfAnotherQuery, "label_selector"),
+            (
+                Domain::InvalidSelector {
+                    selector: "a=".into(),
+                    reason: "empty value".into(),
+                },
+                "label_selector",
+            ),
+            (Domain::WatchExpired, "--max-connection-age"),
+            (Domain::WatchLagged { behind: 9 }, "resume_token"),
+        ] {
+            assert!(!error.to_string().contains(field), "{error}");
+            let status = Status::from(Error::from(error));
+            assert!(status.message().contains(field), "{}", status.message());
         }
     }
 
