@@ -70,7 +70,7 @@ endif
 # BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
 BENCH_ARGS ?=
 SETPOINT_BENCH = ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench \
-  --server-bin target/release/setpoint-api --ghz "$$ghz" $(BENCH_ARGS)
+  --api-bin target/release/setpoint-api --ghz "$$ghz" $(BENCH_ARGS)
 .PHONY: bench
 bench: controlplane ## Release build; 1,000 vs 10,000 Deployments: reads (ghz), CPU per call, memory, writes → docs/benchmarks.md
 	$(CARGO) build --release --locked --bins

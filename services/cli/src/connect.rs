@@ -1,7 +1,6 @@
 //! The mutual-TLS channel to the server, from the connection flags.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use setpoint_proto::v1::replica_service_client::ReplicaServiceClient;
@@ -26,7 +25,7 @@ pub async fn connect(cli: &Cli) -> anyhow::Result<ReplicaServiceClient<Channel>>
     if let Some(name) = &cli.tls_server_name {
         tls = tls.domain_name(name);
     }
-    let timeout = Duration::from_secs(cli.timeout);
+    let timeout = cli.timeout;
     let channel = Channel::from_shared(cli.server.clone())
         .with_context(|| format!("invalid server URL {:?}", cli.server))?
         .tls_config(tls)

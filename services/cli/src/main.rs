@@ -46,11 +46,11 @@ struct Cli {
     #[arg(long, env = "SETPOINT_KEY")]
     key: Option<PathBuf>,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    #[arg(long, short, env = "SETPOINT_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
-    /// Time limit for connecting and for each request (a watch: its start), in seconds.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
+    /// Time limit for connecting and for each request (a watch: its start).
+    #[arg(long, env = "SETPOINT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }

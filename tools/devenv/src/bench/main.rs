@@ -32,13 +32,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-/// Benchmark setpoint-server against a local control plane.
+/// Benchmark setpoint-api against a local control plane.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The setpoint-server binary (a release build measures what ships).
-    #[arg(long, default_value = "target/release/setpoint-server")]
-    server_bin: PathBuf,
+    /// The setpoint-api binary (a release build measures what ships).
+    #[arg(long, default_value = "target/release/setpoint-api")]
+    api_bin: PathBuf,
+    /// The setpoint-reconciler binary, which applies the written setpoints.
+    #[arg(long, default_value = "target/release/setpoint-reconciler")]
+    reconciler_bin: PathBuf,
     /// ghz, the gRPC load generator (`tools/bench/build.sh` builds the pinned one).
     #[arg(long)]
     ghz: PathBuf,

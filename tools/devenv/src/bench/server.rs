@@ -1,4 +1,4 @@
-//! The one place that starts and stops the setpoint-server binary under test and
+//! The one place that starts and stops the setpoint-api binary under test and
 //! chooses its flags: those every run shares, and the one each kind of run adds.
 
 use std::net::SocketAddr;
@@ -39,9 +39,11 @@ impl Run {
     }
 }
 
-/// A running release server.
+/// A running release server: setpoint-api, which is measured, and setpoint-reconciler,
+/// which applies the setpoints of the write samples.
 pub(crate) struct Server {
     process: tokio::process::Child,
+    reconciler: tokio::process::Child,
     pub(crate) pid: u32,
     pub(crate) grpc: SocketAddr,
     pub(crate) http: SocketAddr,
@@ -52,13 +54,13 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `args.server_bin` with the files in `dir` and waits until it is ready.
+    /// Starts `args.api_bin` with the files in `dir` and waits until it is ready.
     pub(crate) async fn start(args: &Args, dir: &Path, run: Run) -> anyhow::Result<Self> {
         let (grpc, http) = (free_address()?, free_address()?);
         let log = dir.join(run.log());
         let started = Instant::now();
         let process = devenv::spawn_api(
-            &args.server_bin,
+            &args.api_bin,
             dir,
             grpc,
             http,
@@ -77,10 +79,22 @@ impl Server {
             .chain(run.extra_args())
             .collect::<Vec<_>>(),
         )?;
+        let reconciler_http = free_address()?;
+        let reconciler = devenv::spawn_reconciler(
+            &args.reconciler_bin,
+            dir,
+            reconciler_http,
+            Some(&dir.join(run.log().replace("server", "reconciler"))),
+            // The same name in every run: a new reconciler takes over the Lease the last
+            // one, killed, left behind, without waiting for it to expire.
+            &["--identity=setpoint-bench".into()],
+        )?;
         devenv::wait_until_ready(http).await?;
+        devenv::wait_until_ready(reconciler_http).await?;
         Ok(Self {
             pid: process.id().context("the server exited")?,
             process,
+            reconciler,
             grpc,
             http,
             log,
@@ -90,6 +104,7 @@ impl Server {
 
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.process.kill().await?;
+        self.reconciler.kill().await?;
         Ok(())
     }
 }
