@@ -2,7 +2,7 @@
 //! (and, on request, kube-controller-manager) built from their Go modules by
 //! `tools/controlplane/build.sh` and started on loopback ports.
 //!
-//! One control plane is shared by all tests of a test binary ([`shared`]); tests isolate
+//! One control plane is shared by all tests of a test binary ([`shared()`]); tests isolate
 //! themselves by namespace ([`ControlPlane::namespace`]). Tests that stop the API server
 //! belong in a test binary of their own, since they disrupt every test sharing it.
 //!
