@@ -23,9 +23,9 @@ impl std::fmt::Display for ClientIdentity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Reads: ListDeployments, GetReplicas, health.
+    /// Reads: ListDeployments, WatchDeployments, GetReplicas, health.
     Viewer,
-    /// Everything a viewer may do, and writes: SetReplicas.
+    /// Everything a viewer may do, and writes: SetReplicas, ReleaseDeployment.
     Operator,
 }
 

@@ -159,6 +159,12 @@ async fn reconcile(setpoint: Arc<ReplicaSetpoint>, context: Arc<Context>) -> Res
 }
 
 async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result<Action, Error> {
+    // Being deleted (a finalizer holds it): management has ended, as it does once the
+    // setpoint is gone.
+    if setpoint.metadata.deletion_timestamp.is_some() {
+        tracing::debug!("the setpoint is being deleted; leaving the Deployment alone");
+        return Ok(Action::await_change());
+    }
     let name = setpoint.name_any();
     let namespace = setpoint
         .namespace()
@@ -575,6 +581,19 @@ mod tests {
             status.body["status"]["conditions"][0]["reason"],
             "ScaleFailed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_setpoint_being_deleted_is_not_enforced() {
+        let (context, log) = cluster(2, |_| (500, fake::status(500, "unexpected write")));
+        let mut deleting = setpoint(5);
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        reconcile(Arc::new(deleting), context)
+            .await
+            .expect("nothing to do");
+        assert_eq!(log.calls(), Vec::<String>::new(), "no scale, no status");
     }
 
     #[tokio::test]

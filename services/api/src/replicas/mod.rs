@@ -304,6 +304,9 @@ impl Replicas {
     ) -> Result<(Option<i32>, Option<i32>, Option<DeploymentView>), Error> {
         caller.check_write(&key.namespace, &self.protected_namespaces)?;
         let deployments = self.index.deployments()?;
+        // Spent before any request, so that no caller reaches the cluster unmetered.
+        self.write_limiter
+            .acquire(&caller.identity, Instant::now())?;
         // The index may not show a setpoint created a moment ago: ask before refusing.
         if self.index.setpoint(key).is_none()
             && Api::<ReplicaSetpoint>::namespaced(self.client.clone(), &key.namespace)
@@ -313,12 +316,54 @@ impl Replicas {
         {
             return Err(setpoint_core::Error::NotManaged(key.clone()).into());
         }
-        self.write_limiter
-            .acquire(&caller.identity, Instant::now())?;
         let previous = delete_setpoint(&self.client, key, expected_version).await?;
         let answer = deployments
             .get(key)
             .map(|deployment| DeploymentView::of(key.clone(), &deployment, None));
         Ok((Some(previous), None, answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use setpoint_core::{ClientIdentity, Scope};
+    use testenv::fake;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_release_beyond_the_write_budget_sends_no_request() {
+        let (client, log) = fake::client(|_| (404, fake::status(404, "NotFound")));
+        let (index, _) = Index::new();
+        index.mark_synced();
+        let replicas = Arc::new(Replicas {
+            index,
+            client,
+            max_replicas: 10,
+            protected_namespaces: BTreeSet::new(),
+            write_limiter: WriteLimiter::new(1, 1),
+            dry_run_limiter: WriteLimiter::new(1, 1),
+            write_timeout: Duration::from_secs(5),
+            writes: TaskTracker::new(),
+        });
+        let caller = Caller {
+            identity: ClientIdentity("spiffe://x".into()),
+            scope: Scope::All,
+        };
+        replicas
+            .write_limiter
+            .acquire(&caller.identity, Instant::now())
+            .expect("the one write of the budget");
+        let key = DeploymentKey::new("team-a", "web").expect("key");
+        let refused = replicas.release(caller, key, None).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Domain(setpoint_core::Error::RateLimited { .. }))
+            ),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        assert_eq!(log.calls(), Vec::<String>::new(), "no request to the cluster");
     }
 }
