@@ -133,7 +133,11 @@ deny: $(CARGO_DENY) ## Supply chain: sources, licenses and bans of every Rust de
 	$(CARGO_DENY) check sources licenses bans
 
 .PHONY: audit
-audit: $(CARGO_DENY) ## Known advisories (fetches the RustSec database from GitHub: not in CI here)
+audit: $(CARGO_DENY) ## Known advisories: Cargo.lock against a dated RustSec snapshot, offline (SETPOINT_ADVISORY_DB)
+	CARGO_DENY=$(CARGO_DENY) tools/audit/audit.sh
+
+.PHONY: audit-live
+audit-live: $(CARGO_DENY) ## Known advisories against the live RustSec database (fetches it from GitHub)
 	$(CARGO_DENY) check advisories
 
 $(CARGO_DENY):
