@@ -54,7 +54,7 @@ fn list_in(namespace: &str) -> ListDeploymentsRequest {
 #[tokio::test]
 async fn operator_can_list_get_and_set() {
     let namespace = namespace_with("operator", &[("web", 2), ("db", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut client = server.client(OPERATOR).await;
 
@@ -119,7 +119,7 @@ async fn operator_can_list_get_and_set() {
 #[tokio::test]
 async fn viewer_can_read_but_not_set() {
     let namespace = namespace_with("viewer", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
 
@@ -142,8 +142,11 @@ async fn viewer_can_read_but_not_set() {
 #[tokio::test]
 async fn writes_beyond_the_per_identity_limit_are_refused() {
     let namespace = namespace_with("limited", &[("web", 1)]).await;
-    let server =
-        Setpoint::start_with("setpoint", &["--writes-per-minute=2", "--write-burst=2"]).await;
+    let server = Setpoint::start_with(
+        "setpoint-api",
+        &["--writes-per-minute=2", "--write-burst=2"],
+    )
+    .await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
     for replicas in [2, 3] {
@@ -179,8 +182,11 @@ async fn writes_beyond_the_per_identity_limit_are_refused() {
 #[tokio::test]
 async fn refused_writes_do_not_spend_the_write_budget() {
     let namespace = namespace_with("budget", &[("web", 1)]).await;
-    let server =
-        Setpoint::start_with("setpoint", &["--writes-per-minute=1", "--write-burst=1"]).await;
+    let server = Setpoint::start_with(
+        "setpoint-api",
+        &["--writes-per-minute=1", "--write-burst=1"],
+    )
+    .await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
     for (request, code) in [
@@ -209,7 +215,7 @@ async fn refused_writes_do_not_spend_the_write_budget() {
 async fn protected_namespaces_need_a_binding_that_names_them() {
     let protected = namespace_with("protected", &[("web", 1)]).await;
     let server = Setpoint::start_with(
-        "setpoint",
+        "setpoint-api",
         &[&format!("--protected-namespaces=kube-system,{protected}")],
     )
     .await;
@@ -270,7 +276,7 @@ async fn protected_namespaces_need_a_binding_that_names_them() {
 async fn a_scoped_identity_reaches_only_its_namespaces() {
     let own = namespace_with("team-a", &[("web", 1)]).await;
     let other = namespace_with("team-b", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     server.pki.write(
         "policy.yaml",
@@ -320,7 +326,7 @@ async fn a_scoped_identity_reaches_only_its_namespaces() {
 #[tokio::test]
 async fn unknown_identity_is_denied_everything() {
     let namespace = namespace_with("stranger", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut stranger = server.client(STRANGER).await;
 
@@ -338,7 +344,7 @@ async fn unknown_identity_is_denied_everything() {
 #[tokio::test]
 async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
     let namespace = namespace_with("invalid", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut client = server.client(OPERATOR).await;
 
@@ -421,7 +427,7 @@ async fn bad_requests_get_documented_statuses_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn a_page_token_is_valid_only_for_its_query() {
     let namespace = namespace_with("paged", &[("api", 1), ("web", 1), ("worker", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
     let first = operator
@@ -497,7 +503,7 @@ async fn every_stored_change_has_its_audit_event_even_when_the_caller_gives_up()
         .expect("proxy");
     let server = Setpoint::start_via(
         Some(&proxy),
-        "setpoint",
+        "setpoint-api",
         &["--writes-per-minute=1000", "--write-burst=1000"],
     )
     .await;
@@ -562,7 +568,7 @@ async fn every_stored_change_has_its_audit_event_even_when_the_caller_gives_up()
 async fn every_call_is_in_the_access_log_with_identity_method_target_code_and_latency() {
     let logs = support::logs();
     let namespace = namespace_with("accessed", &[("web", 1)]).await;
-    let server = Setpoint::start_with("setpoint", &["--access-log-sample=1"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--access-log-sample=1"]).await;
     server.wait_until_ready().await;
     get(&mut server.client(OPERATOR).await, &namespace, "web")
         .await
@@ -605,7 +611,7 @@ async fn every_call_is_in_the_access_log_with_identity_method_target_code_and_la
 #[tokio::test]
 async fn stale_expected_version_is_aborted() {
     let namespace = namespace_with("version", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut client = server.client(OPERATOR).await;
 
@@ -651,7 +657,7 @@ async fn stale_expected_version_is_aborted() {
 async fn racing_writers_with_the_same_expected_version_have_one_winner() {
     let namespace = namespace_with("race", &[("web", 1)]).await;
     // Eight writes at once: a burst that large must be allowed.
-    let server = Setpoint::start_with("setpoint", &["--write-burst=8"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--write-burst=8"]).await;
     server.wait_until_ready().await;
     let client = server.client(OPERATOR).await;
 
@@ -709,8 +715,11 @@ async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
     let logs = support::logs();
     let namespace = namespace_with("dry-run", &[("web", 1)]).await;
     // A budget of one write: dry runs must not spend it.
-    let server =
-        Setpoint::start_with("setpoint", &["--writes-per-minute=1", "--write-burst=1"]).await;
+    let server = Setpoint::start_with(
+        "setpoint-api",
+        &["--writes-per-minute=1", "--write-burst=1"],
+    )
+    .await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
 
@@ -793,7 +802,9 @@ async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
 async fn release_stops_management_with_a_version_precondition() {
     let logs = support::logs();
     let namespace = namespace_with("release", &[("web", 1), ("api", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    // Six writes, each spending from the budget (a release of nothing too: it asks the
+    // API server).
+    let server = Setpoint::start_with("setpoint-api", &["--write-burst=6"]).await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
 
@@ -882,7 +893,7 @@ async fn release_stops_management_with_a_version_precondition() {
 #[tokio::test]
 async fn deployments_scaled_by_an_hpa_are_refused() {
     let namespace = namespace_with("hpa", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let admin = admin().await;
     Api::<HorizontalPodAutoscaler>::namespaced(admin, &namespace)
@@ -917,7 +928,7 @@ async fn deployments_scaled_by_an_hpa_are_refused() {
 #[tokio::test]
 async fn reads_make_no_apiserver_requests_and_follow_changes() {
     let namespace = namespace_with("cached", &[("web", 1), ("db", 1)]).await;
-    let server = Setpoint::start_with("setpoint", &["--probe-interval=1h"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--probe-interval=1h"]).await;
     server.wait_until_ready().await;
     let mut client = server.client(OPERATOR).await;
     // Let the watches settle after their initial lists.
@@ -993,7 +1004,7 @@ async fn readiness_fails_while_a_watch_keeps_failing_and_recovers_with_it() {
     let bindings = Api::<ClusterRoleBinding>::all(admin().await);
     let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "setpoint-revocable"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "setpoint"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "setpoint-api"},
         "subjects": [{"kind": "ServiceAccount", "name": "revocable", "namespace": "setpoint"}],
     }))
     .expect("binding");
@@ -1045,7 +1056,7 @@ async fn an_unreachable_api_server_is_reported_with_its_likely_cause() {
         .await
         .expect("proxy");
     proxy.set(Link::BlackHole);
-    let server = Setpoint::start_via(Some(&proxy), "setpoint", &[]).await;
+    let server = Setpoint::start_via(Some(&proxy), "setpoint-api", &[]).await;
     let body = testenv::wait_for("/readyz to name the cause", || async {
         let (code, body) = server.http_get("/readyz").await;
         (code == 503 && body.contains("did not answer")).then_some(body)
@@ -1068,7 +1079,7 @@ async fn an_unreachable_api_server_is_reported_with_its_likely_cause() {
 
 #[tokio::test]
 async fn health_reports_serving_once_synced_and_shutdown_is_graceful() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let (cert, key) = server.pki.client(VIEWER);
     let channel = tonic::transport::Channel::from_shared(format!("https://{}", server.grpc))
@@ -1114,7 +1125,7 @@ async fn health_reports_serving_once_synced_and_shutdown_is_graceful() {
 #[tokio::test]
 async fn a_stopping_server_is_not_ready_but_serves_new_connections_for_the_shutdown_delay() {
     let namespace = namespace_with("shutdown", &[("web", 2)]).await;
-    let mut server = Setpoint::start_with("setpoint", &["--shutdown-delay=3s"]).await;
+    let mut server = Setpoint::start_with("setpoint-api", &["--shutdown-delay=3s"]).await;
     server.wait_until_ready().await;
 
     server.signal_stop();
@@ -1135,7 +1146,7 @@ async fn a_stopping_server_is_not_ready_but_serves_new_connections_for_the_shutd
 #[tokio::test]
 async fn policy_changes_apply_without_restart() {
     let namespace = namespace_with("policy", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let denied = viewer

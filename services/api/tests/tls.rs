@@ -70,7 +70,7 @@ async fn handshake(
 
 #[tokio::test]
 async fn clients_without_a_valid_certificate_are_rejected() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let ca_pem = server.pki.ca.cert_pem().to_owned();
 
@@ -106,7 +106,7 @@ async fn clients_without_a_valid_certificate_are_rejected() {
 
 #[tokio::test]
 async fn tls12_and_plaintext_clients_are_rejected() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
 
     let tls12 = rustls_client(
@@ -140,7 +140,7 @@ async fn tls12_and_plaintext_clients_are_rejected() {
 
 #[tokio::test]
 async fn stalled_handshakes_time_out_without_blocking_others() {
-    let server = Setpoint::start_with("setpoint", &["--handshake-timeout=1s"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--handshake-timeout=1s"]).await;
     server.wait_until_ready().await;
     // A client that connects and never speaks.
     let mut stalled = TcpStream::connect(server.grpc).await.expect("connect");
@@ -155,7 +155,7 @@ async fn stalled_handshakes_time_out_without_blocking_others() {
 
 #[tokio::test]
 async fn a_flood_of_idle_connections_from_one_source_does_not_lock_out_others() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     // One host opens a thousand connections (fifty at a time) and never speaks.
     let mut flood = Vec::new();
@@ -185,7 +185,7 @@ async fn a_flood_of_idle_connections_from_one_source_does_not_lock_out_others() 
 
 #[tokio::test]
 async fn rotated_server_certificate_and_client_ca_are_picked_up() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut established = server.client(OPERATOR).await;
     list(&mut established).await.expect("before rotation");
@@ -248,7 +248,7 @@ async fn rotated_server_certificate_and_client_ca_are_picked_up() {
 
 #[tokio::test]
 async fn rotations_under_load_fail_no_call() {
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (mut failures, mut calls) = (Vec::new(), 0);

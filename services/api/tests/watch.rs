@@ -97,7 +97,7 @@ async fn label(namespace: &str, name: &str, app: &str) {
 #[tokio::test]
 async fn watchers_get_the_current_state_then_each_change_without_asking_the_cluster() {
     let namespace = namespace_with("watched", &[("web", 1), ("db", 1)]).await;
-    let server = Setpoint::start_with("setpoint", &["--probe-interval=1h"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--probe-interval=1h"]).await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let mut streams = Vec::new();
@@ -150,7 +150,7 @@ async fn watchers_get_the_current_state_then_each_change_without_asking_the_clus
 #[tokio::test]
 async fn a_selector_watch_sees_deployments_enter_and_leave_it() {
     let namespace = namespace_with("selected", &[("web", 1), ("api", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let mut stream = watch(&mut viewer, request(&namespace, "app=web", ""))
@@ -176,7 +176,7 @@ async fn a_selector_watch_sees_deployments_enter_and_leave_it() {
 #[tokio::test]
 async fn a_watch_resumes_after_its_token_and_bad_tokens_get_their_codes() {
     let namespace = namespace_with("resumed", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let mut stream = watch(&mut viewer, request(&namespace, "", ""))
@@ -223,7 +223,7 @@ async fn a_watch_resumes_after_its_token_and_bad_tokens_get_their_codes() {
 async fn watches_are_limited_per_connection_and_identity_and_cancelling_frees_a_slot() {
     let namespace = namespace_with("limited", &[("web", 1)]).await;
     let server = Setpoint::start_with(
-        "setpoint",
+        "setpoint-api",
         &[
             "--max-watches-per-identity=3",
             "--max-watches-per-connection=2",
@@ -266,7 +266,7 @@ async fn watches_are_limited_per_connection_and_identity_and_cancelling_frees_a_
 #[tokio::test]
 async fn a_policy_reload_ends_watches_whose_access_changed() {
     let namespace = namespace_with("rescoped", &[("web", 1)]).await;
-    let server = Setpoint::start("setpoint").await;
+    let server = Setpoint::start("setpoint-api").await;
     server.wait_until_ready().await;
     let (mut viewer, mut pipeline) = (server.client(VIEWER).await, server.client(PIPELINE).await);
     let mut revoked = watch(&mut viewer, request("", "", ""))
@@ -311,7 +311,7 @@ async fn a_policy_reload_ends_watches_whose_access_changed() {
 #[tokio::test]
 async fn a_watch_outlives_the_rpc_time_limit() {
     let namespace = namespace_with("long", &[("web", 1)]).await;
-    let server = Setpoint::start_with("setpoint", &["--request-timeout=1s"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--request-timeout=1s"]).await;
     server.wait_until_ready().await;
     let mut viewer = server.client(VIEWER).await;
     let mut stream = watch(&mut viewer, request(&namespace, "", ""))

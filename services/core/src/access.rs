@@ -9,14 +9,58 @@ use serde::Deserialize;
 
 use crate::{AUDIT, Error};
 
-/// The verified identity of a caller (for mTLS: its certificate's first URI SAN, else
-/// its CN).
+/// The verified identity of a caller, in one of two namespaces that cannot collide: the
+/// first URI SAN of its certificate (`spiffe://…`), or, for a certificate without one, its
+/// common name, written `cn:<name>`. A common name that spells a URI is still a common
+/// name: it matches only a `cn:` binding.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClientIdentity(pub String);
+pub enum ClientIdentity {
+    Uri(String),
+    CommonName(String),
+}
+
+impl ClientIdentity {
+    /// An identity as a policy writes it: `cn:<name>`, or an absolute URI (a scheme
+    /// other than `cn`, then `:`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("cn:") {
+            return if name.is_empty() {
+                Err("`cn:` names no common name".into())
+            } else {
+                Ok(Self::CommonName(name.into()))
+            };
+        }
+        Self::uri(text)
+    }
+
+    /// A URI identity; refuses text that is not an absolute URI, or whose scheme is `cn`
+    /// (it would read as a common name).
+    pub fn uri(text: &str) -> Result<Self, String> {
+        let scheme = text.split_once(':').map(|(scheme, _)| scheme);
+        let valid = scheme.is_some_and(|scheme| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        match scheme {
+            _ if !valid => Err(format!(
+                "{text:?} is neither a URI (such as spiffe://example.org/ci) nor cn:<common name>"
+            )),
+            Some(scheme) if scheme.eq_ignore_ascii_case("cn") => Err(format!(
+                "{text:?}: a URI with the scheme cn would read as a common name"
+            )),
+            _ => Ok(Self::Uri(text.into())),
+        }
+    }
+}
 
 impl std::fmt::Display for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Self::Uri(uri) => f.write_str(uri),
+            Self::CommonName(name) => write!(f, "cn:{name}"),
+        }
     }
 }
 
@@ -112,14 +156,14 @@ mod tests {
     #[test]
     fn a_scoped_caller_reaches_only_its_namespaces() {
         let caller = Caller {
-            identity: ClientIdentity("pipeline".into()),
+            identity: ClientIdentity::CommonName("pipeline".into()),
             scope: Scope::Only(Arc::new(["team-a".into()].into())),
         };
         assert!(caller.check("team-a").is_ok());
         let denied = caller.check("team-b").expect_err("out of scope");
         assert_eq!(
             denied.to_string(),
-            "identity pipeline may not access namespace team-b"
+            "identity cn:pipeline may not access namespace team-b"
         );
         assert!(matches!(denied, Error::OutOfScope { .. }));
     }
@@ -128,7 +172,7 @@ mod tests {
     fn protected_namespaces_take_a_binding_that_names_them() {
         let protected = BTreeSet::from(["kube-system".to_owned()]);
         let everywhere = Caller {
-            identity: ClientIdentity("admin".into()),
+            identity: ClientIdentity::CommonName("admin".into()),
             scope: Scope::All,
         };
         assert!(everywhere.check_write("team-a", &protected).is_ok());
@@ -137,7 +181,7 @@ mod tests {
             Err(Error::ProtectedNamespace { .. })
         ));
         let named = Caller {
-            identity: ClientIdentity("platform".into()),
+            identity: ClientIdentity::CommonName("platform".into()),
             scope: Scope::Only(Arc::new(protected.clone())),
         };
         assert!(named.check_write("kube-system", &protected).is_ok());

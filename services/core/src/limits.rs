@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     fn identity(name: &str) -> ClientIdentity {
-        ClientIdentity(name.into())
+        ClientIdentity::CommonName(name.into())
     }
 
     #[test]
@@ -83,7 +83,7 @@ mod tests {
         assert!(matches!(&refused, Error::RateLimited { .. }));
         assert_eq!(
             refused.to_string(),
-            "identity pipeline exceeded 3 writes per minute; retry in 20.0s"
+            "identity cn:pipeline exceeded 3 writes per minute; retry in 20.0s"
         );
     }
 

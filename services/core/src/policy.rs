@@ -1,5 +1,6 @@
 //! The authorization policy: which identity has which role, in which namespaces. Loaded
-//! from YAML; anything it does not bind is denied.
+//! from YAML; anything it does not bind is denied. Identities are URIs or `cn:<name>`
+//! ([`ClientIdentity::parse`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::key::validate_namespace;
 pub enum PolicyError {
     #[error("not a valid policy: {0}")]
     Syntax(#[source] Box<serde_saphyr::Error>),
+    #[error("binding for {role:?}: {reason}")]
+    Identity { role: Role, reason: String },
     #[error("binding for {role:?}: {source}")]
     Namespace {
         role: Role,
@@ -33,7 +36,7 @@ pub enum PolicyError {
 /// Identity → role and scope bindings.
 #[derive(Debug, Default, PartialEq)]
 pub struct Policy {
-    grants: HashMap<String, (Role, Scope)>,
+    grants: HashMap<ClientIdentity, (Role, Scope)>,
 }
 
 #[derive(Deserialize)]
@@ -69,11 +72,16 @@ impl Policy {
                     Scope::Only(Arc::new(namespaces))
                 }
             };
-            for identity in binding.identities {
+            for text in binding.identities {
+                let identity =
+                    ClientIdentity::parse(&text).map_err(|reason| PolicyError::Identity {
+                        role: binding.role,
+                        reason,
+                    })?;
                 let grant = (binding.role, scope.clone());
-                if let Some((first, _)) = grants.insert(identity.clone(), grant) {
+                if let Some((first, _)) = grants.insert(identity, grant) {
                     return Err(PolicyError::BoundTwice {
-                        identity,
+                        identity: text,
                         first,
                         second: binding.role,
                     });
@@ -91,7 +99,7 @@ impl Policy {
         method: &str,
         required: Permission,
     ) -> Result<Scope, Error> {
-        match self.grants.get(&identity.0) {
+        match self.grants.get(identity) {
             Some((role, scope)) if role.grants(required) => Ok(scope.clone()),
             grant => Err(Error::NotPermitted {
                 identity: identity.clone(),
@@ -111,12 +119,12 @@ bindings:
   - role: operator
     identities: [spiffe://setpoint.dev/operator]
   - role: viewer
-    identities: [spiffe://setpoint.dev/viewer, dashboard]
+    identities: [spiffe://setpoint.dev/viewer, cn:dashboard]
 ";
     const SET: &str = "/setpoint.v1.ReplicaService/SetReplicas";
 
-    fn identity(name: &str) -> ClientIdentity {
-        ClientIdentity(name.into())
+    fn identity(text: &str) -> ClientIdentity {
+        ClientIdentity::parse(text).expect("an identity")
     }
 
     #[test]
@@ -134,14 +142,14 @@ bindings:
     #[test]
     fn viewer_cannot_set_replicas() {
         let policy = Policy::parse(POLICY).expect("valid policy");
-        let viewer = identity("dashboard");
+        let viewer = identity("cn:dashboard");
         assert!(policy.authorize(&viewer, "read", Permission::Read).is_ok());
         let denied = policy
             .authorize(&viewer, SET, Permission::Write)
             .expect_err("viewer may not set");
         assert_eq!(
             denied.to_string(),
-            format!("identity dashboard (role Viewer) may not call {SET}")
+            format!("identity cn:dashboard (role Viewer) may not call {SET}")
         );
     }
 
@@ -170,36 +178,80 @@ bindings:
             "
 bindings:
   - role: operator
-    identities: [pipeline]
+    identities: [cn:pipeline]
     namespaces: [team-a, team-a-staging]
   - role: operator
-    identities: [admin]
+    identities: [cn:admin]
 ",
         )
         .expect("valid policy");
         let scope = policy
-            .authorize(&identity("pipeline"), SET, Permission::Write)
+            .authorize(&identity("cn:pipeline"), SET, Permission::Write)
             .expect("operator");
         assert!(scope.allows("team-a") && scope.allows("team-a-staging"));
         assert!(!scope.allows("team-b"));
         let scope = policy
-            .authorize(&identity("admin"), SET, Permission::Write)
+            .authorize(&identity("cn:admin"), SET, Permission::Write)
             .expect("operator");
         assert_eq!(scope, Scope::All);
     }
 
     #[test]
+    fn uri_and_common_name_identities_never_match_each_other() {
+        let policy = Policy::parse(
+            "
+bindings:
+  - role: operator
+    identities: [spiffe://setpoint.dev/operator]
+  - role: viewer
+    identities: [cn:spiffe://setpoint.dev/viewer]
+",
+        )
+        .expect("valid policy");
+        let spelled_as_cn = ClientIdentity::CommonName("spiffe://setpoint.dev/operator".into());
+        assert!(
+            policy
+                .authorize(&spelled_as_cn, SET, Permission::Read)
+                .is_err()
+        );
+        let spelled_as_uri = ClientIdentity::Uri("spiffe://setpoint.dev/viewer".into());
+        assert!(
+            policy
+                .authorize(&spelled_as_uri, SET, Permission::Read)
+                .is_err()
+        );
+        let viewer = ClientIdentity::CommonName("spiffe://setpoint.dev/viewer".into());
+        assert!(policy.authorize(&viewer, SET, Permission::Read).is_ok());
+    }
+
+    #[test]
+    fn identities_are_uris_or_common_names_by_prefix() {
+        for (text, problem) in [
+            ("dashboard", "neither a URI"),
+            ("cn:", "names no common name"),
+            ("CN:admin", "would read as a common name"),
+            ("1x://a", "neither a URI"),
+        ] {
+            let refused = Policy::parse(&format!(
+                "bindings: [{{role: viewer, identities: [\"{text}\"]}}]"
+            ))
+            .expect_err(text);
+            assert!(refused.to_string().contains(problem), "{text}: {refused}");
+        }
+    }
+
+    #[test]
     fn bad_policies_are_rejected() {
         assert!(matches!(
-            Policy::parse("bindings: [{role: admin, identities: [a]}]"),
+            Policy::parse("bindings: [{role: admin, identities: [cn:a]}]"),
             Err(PolicyError::Syntax(_))
         ));
         assert!(matches!(
-            Policy::parse("bindings: [{role: viewer, identites: [a]}]"),
+            Policy::parse("bindings: [{role: viewer, identites: [cn:a]}]"),
             Err(PolicyError::Syntax(_))
         ));
         let bad_namespace =
-            Policy::parse("bindings: [{role: viewer, identities: [a], namespaces: [Team_A]}]")
+            Policy::parse("bindings: [{role: viewer, identities: [cn:a], namespaces: [Team_A]}]")
                 .expect_err("not a namespace name");
         assert!(
             matches!(&bad_namespace, PolicyError::Namespace { .. }),
@@ -211,7 +263,7 @@ bindings:
         );
         assert!(matches!(
             Policy::parse(
-                "bindings: [{role: viewer, identities: [a]}, {role: operator, identities: [a]}]"
+                "bindings: [{role: viewer, identities: [cn:a]}, {role: operator, identities: [cn:a]}]"
             ),
             Err(PolicyError::BoundTwice { .. })
         ));
@@ -260,7 +312,7 @@ mod properties {
             bindings in vec(
                 (
                     "viewer|operator|admin|Viewer|",
-                    vec("[a-c]{1,2}|\\PC{0,8}", 0..3),
+                    vec("cn:[a-c]{1,2}|spiffe://[a-c]{1,2}|\\PC{0,8}", 0..3),
                     option::of(vec("[a-z0-9-]{0,4}|[A-Z._ ]{1,3}|\\PC{0,8}", 0..3)),
                 ),
                 0..4,

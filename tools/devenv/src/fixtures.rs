@@ -90,12 +90,12 @@ pub async fn admin() -> kube::Client {
         .expect("admin client")
 }
 
-/// Writes the setpoint of `namespace/name` as setpoint-api does (as Setpoint's
-/// ServiceAccount, for the Deployment's current UID), without the API.
+/// Writes the setpoint of `namespace/name` as setpoint-api does (as its ServiceAccount,
+/// for the Deployment's current UID), without the API.
 pub async fn set_setpoint(namespace: &str, name: &str, replicas: i32) {
     let control_plane = install_setpoint().await;
     let config = control_plane
-        .service_account_config(crate::NAMESPACE, crate::SERVICE_ACCOUNT)
+        .service_account_config(crate::NAMESPACE, crate::API_SERVICE_ACCOUNT)
         .await
         .expect("ServiceAccount config");
     let client = kube::Client::try_from(config).expect("client");

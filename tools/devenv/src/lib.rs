@@ -23,9 +23,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The manifests applied, in order.
 pub const BASE_MANIFESTS: &[&str] = &["namespace.yaml", "crd.yaml", "admission.yaml", "rbac.yaml"];
-/// Setpoint's namespace and ServiceAccount in those manifests.
+/// Setpoint's namespace and the ServiceAccounts of its two processes in those
+/// manifests.
 pub const NAMESPACE: &str = "setpoint";
-pub const SERVICE_ACCOUNT: &str = "setpoint";
+pub const API_SERVICE_ACCOUNT: &str = "setpoint-api";
+pub const RECONCILER_SERVICE_ACCOUNT: &str = "setpoint-reconciler";
 
 /// The checkout, for `k8s/`: under `bazel run` the workspace, under `bazel test` the
 /// runfiles (which hold `k8s/` as data), else the folder Cargo built from.
@@ -79,18 +81,19 @@ pub fn shipped_policy() -> anyhow::Result<String> {
         .with_context(|| format!("{} has no data.policy.yaml", path.display()))
 }
 
-/// Writes what a local server needs into `dir`: `pki/` (dev PKI), `policy.yaml`,
-/// `setpoint.kubeconfig` (Setpoint's ServiceAccount: exactly its RBAC) and
-/// `admin.kubeconfig`.
+/// Writes what a local Setpoint needs into `dir`: `pki/` (dev PKI), `policy.yaml`,
+/// `api.kubeconfig` and `reconciler.kubeconfig` (each process's ServiceAccount: exactly
+/// its RBAC) and `admin.kubeconfig`.
 pub async fn write_server_files(control_plane: &ControlPlane, dir: &Path) -> anyhow::Result<()> {
     std::fs::copy(control_plane.kubeconfig(), dir.join("admin.kubeconfig"))?;
-    control_plane
-        .write_service_account_kubeconfig(
-            NAMESPACE,
-            SERVICE_ACCOUNT,
-            &dir.join("setpoint.kubeconfig"),
-        )
-        .await?;
+    for (account, file) in [
+        (API_SERVICE_ACCOUNT, "api.kubeconfig"),
+        (RECONCILER_SERVICE_ACCOUNT, "reconciler.kubeconfig"),
+    ] {
+        control_plane
+            .write_service_account_kubeconfig(NAMESPACE, account, &dir.join(file))
+            .await?;
+    }
     devpki::write_dev_pki(&dir.join("pki"), PKI_VALIDITY)?;
     std::fs::write(dir.join("policy.yaml"), shipped_policy()?)?;
     Ok(())
@@ -119,10 +122,11 @@ pub fn spawn_api(
         // No load balancer to drain from locally: Ctrl-C stops at once.
         "--shutdown-delay=0s".into(),
     ];
-    spawn(binary, dir, log, args.iter().chain(extra_args))
+    let kubeconfig = dir.join("api.kubeconfig");
+    spawn(binary, &kubeconfig, log, args.iter().chain(extra_args))
 }
 
-/// Starts `setpoint-reconciler` (`binary`) with the ServiceAccount kubeconfig of
+/// Starts `setpoint-reconciler` (`binary`) with its ServiceAccount's kubeconfig from
 /// [`write_server_files`] and `extra_args`, like [`spawn_api`].
 pub fn spawn_reconciler(
     binary: &Path,
@@ -132,12 +136,13 @@ pub fn spawn_reconciler(
     extra_args: &[String],
 ) -> anyhow::Result<Child> {
     let args = [format!("--http-listen={http_listen}")];
-    spawn(binary, dir, log, args.iter().chain(extra_args))
+    let kubeconfig = dir.join("reconciler.kubeconfig");
+    spawn(binary, &kubeconfig, log, args.iter().chain(extra_args))
 }
 
 fn spawn<'a>(
     binary: &Path,
-    dir: &Path,
+    kubeconfig: &Path,
     log: Option<&Path>,
     args: impl Iterator<Item = &'a String>,
 ) -> anyhow::Result<Child> {
@@ -147,7 +152,7 @@ fn spawn<'a>(
         command.stdout(file.try_clone()?).stderr(file);
     }
     command
-        .env("KUBECONFIG", dir.join("setpoint.kubeconfig"))
+        .env("KUBECONFIG", kubeconfig)
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -93,60 +93,183 @@ fn attributes(text: &str) -> ResourceAttributes {
     }
 }
 
-#[tokio::test]
-async fn the_service_account_can_do_exactly_what_setpoint_needs() {
-    let control_plane = applied().await;
-    let setpoint = control_plane
-        .service_account_client(devenv::NAMESPACE, devenv::SERVICE_ACCOUNT)
+async fn service_account(account: &str) -> Client {
+    applied()
         .await
-        .expect("ServiceAccount client");
-    let needed = [
-        "list apps/deployments",
-        "watch apps/deployments",
-        "get apps/deployments team-a web",
+        .service_account_client(devenv::NAMESPACE, account)
+        .await
+        .expect("ServiceAccount client")
+}
+
+/// Checks `allowed` and `denied` access reviews as `account`.
+async fn may_exactly(account: &str, allowed_checks: &[&str], denied_checks: &[&str]) {
+    let client = service_account(account).await;
+    for check in allowed_checks {
+        assert!(
+            allowed(&client, attributes(check)).await,
+            "{account} must be allowed: {check}"
+        );
+    }
+    for check in denied_checks {
+        assert!(
+            !allowed(&client, attributes(check)).await,
+            "{account} must be denied: {check}"
+        );
+    }
+}
+
+/// What neither process may do.
+const NEITHER: &[&str] = &[
+    "get secrets setpoint setpoint-tls",
+    "list secrets setpoint",
+    "get secrets kube-system",
+    "get configmaps setpoint setpoint-policy",
+    "get apps/deployments team-a web",
+    "get autoscaling/horizontalpodautoscalers team-a web",
+    "create apps/deployments team-a",
+    "delete apps/deployments team-a web",
+    "patch apps/deployments team-a web",
+    "update apps/deployments team-a web",
+    "create pods team-a",
+    "list pods team-a",
+    "deletecollection setpoint.dev/replicasetpoints team-a",
+    "update setpoint.dev/replicasetpoints/status team-a web",
+    "create rbac.authorization.k8s.io/rolebindings setpoint",
+    "update coordination.k8s.io/leases kube-system kube-controller-manager",
+];
+
+#[tokio::test]
+async fn the_api_service_account_reads_what_it_serves_and_writes_setpoints_only() {
+    let only_reconciler = [
         "update apps/deployments/scale team-a web",
-        "list autoscaling/horizontalpodautoscalers",
-        "watch autoscaling/horizontalpodautoscalers",
-        "list setpoint.dev/replicasetpoints",
-        "watch setpoint.dev/replicasetpoints",
-        "create setpoint.dev/replicasetpoints team-a",
-        "patch setpoint.dev/replicasetpoints team-a web",
-        "delete setpoint.dev/replicasetpoints team-a web",
         "patch setpoint.dev/replicasetpoints/status team-a web",
         "create events.k8s.io/events team-a",
         "create coordination.k8s.io/leases setpoint",
         "get coordination.k8s.io/leases setpoint setpoint-leader",
-        "update coordination.k8s.io/leases setpoint setpoint-leader",
     ];
-    let forbidden = [
-        "get secrets setpoint setpoint-tls",
-        "list secrets setpoint",
-        "get secrets kube-system",
-        "get configmaps setpoint setpoint-policy",
-        "create apps/deployments team-a",
-        "delete apps/deployments team-a web",
-        "patch apps/deployments team-a web",
-        "update apps/deployments team-a web",
-        "create pods team-a",
-        "list pods team-a",
-        "deletecollection setpoint.dev/replicasetpoints team-a",
+    may_exactly(
+        devenv::API_SERVICE_ACCOUNT,
+        &[
+            "list apps/deployments",
+            "watch apps/deployments",
+            "list autoscaling/horizontalpodautoscalers",
+            "watch autoscaling/horizontalpodautoscalers",
+            "list setpoint.dev/replicasetpoints",
+            "watch setpoint.dev/replicasetpoints",
+            "get setpoint.dev/replicasetpoints team-a web",
+            "create setpoint.dev/replicasetpoints team-a",
+            "patch setpoint.dev/replicasetpoints team-a web",
+            "delete setpoint.dev/replicasetpoints team-a web",
+        ],
+        &[NEITHER, &only_reconciler].concat(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_reconciler_service_account_scales_reports_and_leads_only() {
+    let only_api = [
+        "get setpoint.dev/replicasetpoints team-a web",
+        "create setpoint.dev/replicasetpoints team-a",
+        "patch setpoint.dev/replicasetpoints team-a web",
+        "delete setpoint.dev/replicasetpoints team-a web",
+        "patch coordination.k8s.io/leases setpoint setpoint-leader",
         "update coordination.k8s.io/leases setpoint someone-elses-lease",
-        "update coordination.k8s.io/leases kube-system kube-controller-manager",
-        "create rbac.authorization.k8s.io/rolebindings setpoint",
-        "update setpoint.dev/replicasetpoints/status team-a web",
     ];
-    for check in needed {
-        assert!(
-            allowed(&setpoint, attributes(check)).await,
-            "must be allowed: {check}"
-        );
+    may_exactly(
+        devenv::RECONCILER_SERVICE_ACCOUNT,
+        &[
+            "list apps/deployments",
+            "watch apps/deployments",
+            "update apps/deployments/scale team-a web",
+            "list autoscaling/horizontalpodautoscalers",
+            "watch autoscaling/horizontalpodautoscalers",
+            "list setpoint.dev/replicasetpoints",
+            "watch setpoint.dev/replicasetpoints",
+            "patch setpoint.dev/replicasetpoints/status team-a web",
+            "create events.k8s.io/events team-a",
+            "patch events.k8s.io/events team-a web.1",
+            "create coordination.k8s.io/leases setpoint",
+            "get coordination.k8s.io/leases setpoint setpoint-leader",
+            "update coordination.k8s.io/leases setpoint setpoint-leader",
+        ],
+        &[NEITHER, &only_api].concat(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn neither_service_account_writes_in_a_protected_namespace() {
+    let control_plane = applied().await;
+    let admin = control_plane.admin_client().await.expect("admin");
+    let name = "setpoint-protected-probe";
+    let deployments = Api::<Deployment>::namespaced(admin, "kube-system");
+    match deployments
+        .create(&PostParams::default(), &testenv::deployment(name, 1))
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+        other => {
+            other.expect("a Deployment in kube-system");
+        }
     }
-    for check in forbidden {
-        assert!(
-            !allowed(&setpoint, attributes(check)).await,
-            "must be denied: {check}"
-        );
-    }
+    let refused = |result: Result<(), kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 403 && status.message.contains("protected"),
+            "{what}: {}",
+            status.message
+        ),
+        Ok(()) => panic!("{what} succeeded in kube-system"),
+        Err(error) => panic!("{what}: {error}"),
+    };
+
+    // RBAC allows both cluster-wide; the admission policy refuses them here.
+    let reconciler = service_account(devenv::RECONCILER_SERVICE_ACCOUNT).await;
+    let scale: k8s_openapi::api::autoscaling::v1::Scale =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "spec": {"replicas": 3},
+        }))
+        .expect("a Scale");
+    let scaled = testenv::wait_for("the admission policy to refuse a scale", || async {
+        let result = Api::<Deployment>::namespaced(reconciler.clone(), "kube-system")
+            .replace_scale(name, &PostParams::default(), &scale)
+            .await
+            .map(|_| ());
+        // Until the policy is loaded, the scale goes through: wait for the refusal.
+        result.is_err().then_some(result)
+    })
+    .await;
+    refused(scaled, "the reconciler's scale");
+
+    let api = service_account(devenv::API_SERVICE_ACCOUNT).await;
+    let setpoint = setpoint_json("web", 3);
+    let object: DynamicObject = serde_json::from_value(setpoint).expect("object");
+    let created = setpoints(api, "kube-system")
+        .create(&PostParams::default(), &object)
+        .await
+        .map(|_| ());
+    refused(created, "the API's setpoint");
+}
+
+fn setpoint_json(name: &str, replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "setpoint.dev/v1alpha1", "kind": "ReplicaSetpoint",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "deploymentUid": "uid-web"},
+    })
+}
+
+fn setpoints(client: Client, namespace: &str) -> Api<DynamicObject> {
+    Api::<DynamicObject>::namespaced_with(
+        client,
+        namespace,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
+            "replicasetpoints",
+        ),
+    )
 }
 
 /// The NetworkPolicy `kubectl apply -k k8s/overlays/<overlay>` applies: the base's,
@@ -261,26 +384,9 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
             other => other.expect("RBAC for the test user"),
         }
     }
-    let setpoint = |name: &str, replicas: i32| {
-        serde_json::json!({
-            "apiVersion": "setpoint.dev/v1alpha1", "kind": "ReplicaSetpoint",
-            "metadata": {"name": name},
-            "spec": {"replicas": replicas, "deploymentUid": "uid-web"},
-        })
-    };
-    let setpoints = |client: Client| {
-        Api::<DynamicObject>::namespaced_with(
-            client,
-            &namespace,
-            &ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("setpoint.dev", "v1alpha1", "ReplicaSetpoint"),
-                "replicasetpoints",
-            ),
-        )
-    };
     let create = |client: Client, name: &'static str, replicas: i32| {
-        let api = setpoints(client);
-        let object = setpoint(name, replicas);
+        let api = setpoints(client, &namespace);
+        let object = setpoint_json(name, replicas);
         async move {
             let object: DynamicObject = serde_json::from_value(object).expect("object");
             api.create(&PostParams::default(), &object).await
@@ -305,18 +411,12 @@ async fn only_setpoint_and_break_glass_may_write_setpoints_directly() {
         refused.message
     );
 
-    let setpoint_account = Client::try_from(
-        control_plane
-            .service_account_config(devenv::NAMESPACE, devenv::SERVICE_ACCOUNT)
-            .await
-            .expect("config"),
-    )
-    .expect("client");
+    let setpoint_account = service_account(devenv::API_SERVICE_ACCOUNT).await;
     create(setpoint_account.clone(), "api", 3)
         .await
-        .expect("Setpoint's ServiceAccount writes setpoints");
+        .expect("setpoint-api's ServiceAccount writes setpoints");
     // Mallory may touch metadata (as the garbage collector removes finalizers), not spec.
-    let as_mallory = setpoints(mallory);
+    let as_mallory = setpoints(mallory, &namespace);
     let patch = |body: serde_json::Value| {
         let api = as_mallory.clone();
         async move {

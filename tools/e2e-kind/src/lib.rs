@@ -16,10 +16,8 @@ use kube::api::ListParams;
 use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config};
 
-/// Setpoint's namespace, ServiceAccount, Service and pod label value.
+/// Setpoint's namespace, Service and pod label value.
 pub const SETPOINT: &str = "setpoint";
-/// The pods of both Setpoint processes.
-pub const SETPOINT_PODS: &str = "app.kubernetes.io/name=setpoint";
 /// setpoint-api's pods (Deployment `setpoint-api`).
 pub const API_PODS: &str = "app.kubernetes.io/name=setpoint,app.kubernetes.io/component=api";
 /// setpoint-reconciler's pods (Deployment `setpoint-reconciler`).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use e2e_kind::{
-    API_PODS, CLIENT_LABEL, Cluster, METRICS_LABEL, RECONCILER_PODS, SETPOINT, SETPOINT_PODS,
-    http_get, is_ready, run, setpointctl, wait_for,
+    API_PODS, CLIENT_LABEL, Cluster, METRICS_LABEL, RECONCILER_PODS, SETPOINT, http_get, is_ready,
+    run, setpointctl, wait_for,
 };
 use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -600,23 +600,89 @@ fn expected(rules: &[(&str, &str, &[&str], &str)]) -> BTreeSet<(String, String, 
 
 #[tokio::test]
 #[ignore = "needs the KIND cluster of `KIND_OFFLINE=1 make deploy`: run `make e2e-kind`"]
-async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> anyhow::Result<()> {
+async fn each_service_account_may_do_what_its_process_needs_and_nothing_more() -> anyhow::Result<()>
+{
     let cluster = Cluster::connect().await?;
-    // The pods really run as this ServiceAccount.
-    for pod in cluster.setpoint_pods(SETPOINT_PODS, 4).await? {
-        let account = pod
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.service_account_name.clone());
-        ensure!(
-            account.as_deref() == Some(SETPOINT),
-            "{} runs as {account:?}",
-            name_of(&pod)
-        );
+    let watch_cache: &[Rule] = &[
+        ("apps", "deployments", &["list", "watch"], "*"),
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["list", "watch"],
+            "*",
+        ),
+    ];
+    let api: &[Rule] = &[(
+        "setpoint.dev",
+        "replicasetpoints",
+        &["get", "list", "watch", "create", "patch", "delete"],
+        "*",
+    )];
+    let reconciler: &[Rule] = &[
+        ("setpoint.dev", "replicasetpoints", &["list", "watch"], "*"),
+        ("apps", "deployments/scale", &["update"], "*"),
+        ("setpoint.dev", "replicasetpoints/status", &["patch"], "*"),
+        ("events.k8s.io", "events", &["create", "patch"], "*"),
+    ];
+    let leader_election: &[Rule] = &[
+        ("coordination.k8s.io", "leases", &["create"], "*"),
+        (
+            "coordination.k8s.io",
+            "leases",
+            &["get", "update"],
+            "setpoint-leader",
+        ),
+    ];
+    for (pods, account, cluster_wide, in_setpoint) in [
+        (
+            API_PODS,
+            "setpoint-api",
+            [watch_cache, api].concat(),
+            Vec::new(),
+        ),
+        (
+            RECONCILER_PODS,
+            "setpoint-reconciler",
+            [watch_cache, reconciler].concat(),
+            leader_election.to_vec(),
+        ),
+    ] {
+        // The pods really run as this ServiceAccount.
+        for pod in cluster.setpoint_pods(pods, 2).await? {
+            let running = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.service_account_name.clone());
+            ensure!(
+                running.as_deref() == Some(account),
+                "{} runs as {running:?}",
+                name_of(&pod)
+            );
+        }
+        exact_rights(&cluster, account, &cluster_wide, &in_setpoint).await?;
     }
+    Ok(())
+}
+
+/// `(group, resource, verbs, resource name)`.
+type Rule = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+);
+
+/// `account`'s rights, by a rules review, are `cluster_wide` everywhere, plus
+/// `in_setpoint` in Setpoint's namespace, exactly.
+async fn exact_rights(
+    cluster: &Cluster,
+    account: &str,
+    cluster_wide: &[Rule],
+    in_setpoint: &[Rule],
+) -> anyhow::Result<()> {
     let client = cluster
         .client_as(
-            "system:serviceaccount:setpoint:setpoint",
+            &format!("system:serviceaccount:setpoint:{account}"),
             &[
                 "system:serviceaccounts",
                 "system:serviceaccounts:setpoint",
@@ -625,38 +691,11 @@ async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> an
         )
         .await?;
     let reviews: Api<SelfSubjectRulesReview> = Api::all(client);
-    let cluster_wide: &[(&str, &str, &[&str], &str)] = &[
-        ("apps", "deployments", &["get", "list", "watch"], "*"),
-        ("apps", "deployments/scale", &["update"], "*"),
-        (
-            "autoscaling",
-            "horizontalpodautoscalers",
-            &["get", "list", "watch"],
-            "*",
-        ),
-        (
-            "setpoint.dev",
-            "replicasetpoints",
-            &["get", "list", "watch", "create", "patch", "delete"],
-            "*",
-        ),
-        ("setpoint.dev", "replicasetpoints/status", &["patch"], "*"),
-        ("events.k8s.io", "events", &["create", "patch"], "*"),
-    ];
-    let leader_election: &[(&str, &str, &[&str], &str)] = &[
-        ("coordination.k8s.io", "leases", &["create"], "*"),
-        (
-            "coordination.k8s.io",
-            "leases",
-            &["get", "update", "patch"],
-            "setpoint-leader",
-        ),
-    ];
     for (namespace, want) in [
         (
             SETPOINT,
             expected(cluster_wide)
-                .union(&expected(leader_election))
+                .union(&expected(in_setpoint))
                 .cloned()
                 .collect(),
         ),
@@ -680,7 +719,7 @@ async fn the_service_account_may_do_what_setpoint_needs_and_nothing_more() -> an
         let missing: Vec<_> = want.difference(&got).collect();
         ensure!(
             extra.is_empty() && missing.is_empty(),
-            "in {namespace}: extra rights {extra:?}, missing {missing:?}"
+            "{account} in {namespace}: extra rights {extra:?}, missing {missing:?}"
         );
     }
     Ok(())

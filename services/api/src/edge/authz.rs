@@ -42,7 +42,7 @@ impl AuthorizationLayer {
     fn authorize<B>(&self, request: &http::Request<B>) -> Result<Caller, Error> {
         let path = request.uri().path();
         let identity = identity::of_request(request)?;
-        tracing::Span::current().record("identity", identity.0.as_str());
+        tracing::Span::current().record("identity", identity.to_string());
         let (_, permission) =
             methods::lookup(path).ok_or_else(|| Error::UnknownMethod(path.into()))?;
         let scope = self

@@ -1,6 +1,6 @@
 //! Who is calling: the identity in the verified client certificate of the connection a
-//! request arrived on (its first URI SAN, else its CN). rustls has verified the chain;
-//! this only reads the leaf.
+//! request arrived on: its first URI SAN, else its CN, each in its own namespace
+//! ([`ClientIdentity`]). rustls has verified the chain; this only reads the leaf.
 
 use std::sync::Arc;
 
@@ -39,10 +39,11 @@ pub fn from_certificate(der: &[u8]) -> Result<ClientIdentity, Error> {
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned)
     };
-    uri.or_else(common_name)
-        .filter(|identity| !identity.is_empty())
-        .map(ClientIdentity)
-        .ok_or_else(|| unusable("has neither a URI SAN nor a common name".into()))
+    match (uri, common_name().filter(|name| !name.is_empty())) {
+        (Some(uri), _) => ClientIdentity::uri(&uri).map_err(unusable),
+        (None, Some(name)) => Ok(ClientIdentity::CommonName(name)),
+        (None, None) => Err(unusable("has neither a URI SAN nor a common name".into())),
+    }
 }
 
 #[cfg(test)]
@@ -66,18 +67,49 @@ mod tests {
             .expect("cert");
         assert_eq!(
             from_certificate(&pem_to_der(&with_uri.cert_pem)).ok(),
-            Some(ClientIdentity("spiffe://setpoint.dev/alice".into()))
+            Some(ClientIdentity::Uri("spiffe://setpoint.dev/alice".into()))
         );
         let cn_only = ca
             .issue(&devpki::Subject::client("bob", devpki::DEFAULT_VALIDITY))
             .expect("cert");
         assert_eq!(
             from_certificate(&pem_to_der(&cn_only.cert_pem)).ok(),
-            Some(ClientIdentity("bob".into()))
+            Some(ClientIdentity::CommonName("bob".into()))
         );
+        let cn_scheme = ca
+            .issue(&devpki::Subject::client("carol", devpki::DEFAULT_VALIDITY).with_uri("cn:admin"))
+            .expect("cert");
+        assert!(matches!(
+            from_certificate(&pem_to_der(&cn_scheme.cert_pem)),
+            Err(Error::NoIdentity(reason)) if reason.contains("common name")
+        ));
         assert!(matches!(
             from_certificate(b"not a certificate"),
             Err(Error::NoIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_common_name_spelling_a_uri_identity_is_not_that_identity() {
+        let ca = devpki::Authority::generate("test-ca", devpki::DEFAULT_VALIDITY).expect("ca");
+        let operator = "spiffe://setpoint.dev/operator";
+        let impostor = ca
+            .issue(&devpki::Subject::client(operator, devpki::DEFAULT_VALIDITY))
+            .expect("cert");
+        let der = x509_parser::pem::parse_x509_pem(impostor.cert_pem.as_bytes())
+            .expect("pem")
+            .1
+            .contents;
+        let identity = from_certificate(&der).expect("a CN identity");
+        let policy = setpoint_core::Policy::parse(&format!(
+            "bindings: [{{role: operator, identities: [\"{operator}\"]}}]"
+        ))
+        .expect("policy");
+        assert!(
+            policy
+                .authorize(&identity, "SetReplicas", setpoint_core::Permission::Write)
+                .is_err(),
+            "a CN that spells {operator} was granted its role"
+        );
     }
 }

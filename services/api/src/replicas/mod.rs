@@ -347,7 +347,7 @@ mod tests {
             writes: TaskTracker::new(),
         });
         let caller = Caller {
-            identity: ClientIdentity("spiffe://x".into()),
+            identity: ClientIdentity::Uri("spiffe://x".into()),
             scope: Scope::All,
         };
         replicas
@@ -364,6 +364,10 @@ mod tests {
             "{:?}",
             refused.map(|_| ())
         );
-        assert_eq!(log.calls(), Vec::<String>::new(), "no request to the cluster");
+        assert_eq!(
+            log.calls(),
+            Vec::<String>::new(),
+            "no request to the cluster"
+        );
     }
 }

@@ -95,7 +95,7 @@ mod tests {
     fn watch_slots_are_limited_per_identity_and_connection_and_given_back() {
         let limits = Arc::new(WatchLimits::new(2, 1));
         let caller = Caller {
-            identity: ClientIdentity("spiffe://x".into()),
+            identity: ClientIdentity::Uri("spiffe://x".into()),
             scope: Scope::All,
         };
         let (one, two): (SocketAddr, SocketAddr) = (

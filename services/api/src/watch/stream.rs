@@ -214,7 +214,7 @@ mod tests {
 
     fn viewer() -> Caller {
         Caller {
-            identity: ClientIdentity("spiffe://x".into()),
+            identity: ClientIdentity::Uri("spiffe://x".into()),
             scope: Scope::All,
         }
     }

@@ -108,8 +108,8 @@ pub struct Setpoint {
 }
 
 impl Setpoint {
-    /// Starts a server that runs as the ServiceAccount `setpoint/<account>`: `setpoint`
-    /// has the RBAC from `k8s/base/rbac.yaml`, any other name has none.
+    /// Starts a server that runs as the ServiceAccount `setpoint/<account>`:
+    /// `setpoint-api` has its RBAC from `k8s/base/rbac.yaml`, most other names none.
     pub async fn start(account: &str) -> Self {
         Self::start_with(account, &[]).await
     }
@@ -123,7 +123,7 @@ impl Setpoint {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let control_plane = install_setpoint().await;
         let mut kube_config = control_plane
-            .service_account_config("setpoint", account)
+            .service_account_config(devenv::NAMESPACE, account)
             .await
             .expect("ServiceAccount config");
         if let Some(proxy) = proxy {

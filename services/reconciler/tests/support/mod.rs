@@ -1,6 +1,6 @@
 //! Starts a real setpoint-reconciler against the shared test control plane, with
 //! Setpoint's own manifests (namespace, CRD, RBAC) applied and the reconciler running as
-//! its ServiceAccount: in-process ([`Reconciler`]) or as a process of its own
+//! its own ServiceAccount: in-process ([`Reconciler`]) or as a process of its own
 //! ([`ReconcilerProcess`]). No API: tests write setpoints as the API would
 //! (`set_setpoint`).
 
@@ -41,7 +41,7 @@ impl Reconciler {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let control_plane = install_setpoint().await;
         let mut kube_config = control_plane
-            .service_account_config(devenv::NAMESPACE, devenv::SERVICE_ACCOUNT)
+            .service_account_config(devenv::NAMESPACE, devenv::RECONCILER_SERVICE_ACCOUNT)
             .await
             .expect("ServiceAccount config");
         if let Some(proxy) = proxy {

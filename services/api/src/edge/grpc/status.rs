@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn domain_facts_get_the_codes_the_api_documents() {
         let key = DeploymentKey::new("a", "web").expect("key");
-        let identity = ClientIdentity("alice".into());
+        let identity = ClientIdentity::CommonName("alice".into());
         for (error, expected) in [
             (Domain::MissingDeployment, Code::InvalidArgument),
             (Domain::InvalidPageToken, Code::InvalidArgument),
