@@ -16,7 +16,7 @@ use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use setpoint_core::duration::parse_duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Sender;
@@ -55,8 +55,12 @@ impl TlsFiles {
     }
 }
 
-/// TLS 1.3 suites (all AEAD with forward secrecy) and key-exchange groups, as RFD 0001
-/// specifies.
+/// The protocol versions the API offers. RFD 0001 names them, with the suites and groups
+/// of [`crypto_provider`]; `tests/rfd_tls.rs` keeps the two the same.
+pub const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// TLS 1.3 suites (all AEAD with forward secrecy) and key-exchange groups, in order of
+/// preference.
 pub fn crypto_provider() -> CryptoProvider {
     CryptoProvider {
         cipher_suites: vec![
@@ -97,7 +101,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
     let key =
         PrivateKeyDer::from_pem_file(&files.key).map_err(|error| tls_error(&files.key, &error))?;
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|error| tls_error(&files.cert, &error))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&files.cert)?, key)
