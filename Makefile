@@ -111,6 +111,13 @@ deploy: image ## KIND (needs Docker): cluster, image, TLS Secret, manifests, rol
 	$(USING)
 	tools/deploy/deploy.sh up
 
+# The cluster kubectl talks to (its current context, or KUBECTL="kubectl --context NAME").
+KUBECTL ?= kubectl
+OVERLAY ?= .dev/overlay
+.PHONY: overlay
+overlay: ## Kustomize overlay of k8s/base with egress to this cluster's API-server endpoints only: $(OVERLAY)
+	tools/deploy/egress.sh $(OVERLAY) $(KUBECTL)
+
 .PHONY: kind-node
 kind-node: ## Offline KIND node image and CNI from the Go module proxy and Debian (Linux; ~10 min cold, then cached)
 	tools/kind/build.sh >/dev/null

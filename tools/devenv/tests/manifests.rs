@@ -10,7 +10,6 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client};
@@ -270,77 +269,6 @@ fn setpoints(client: Client, namespace: &str) -> Api<DynamicObject> {
             "replicasetpoints",
         ),
     )
-}
-
-/// The NetworkPolicy `kubectl apply -k k8s/overlays/<overlay>` applies: the base's,
-/// with the overlay's patch replacing its (empty) egress list, as kustomize's strategic
-/// merge does for a list without a merge key.
-fn overlay_network_policy(overlay: &str) -> NetworkPolicy {
-    let dir = devenv::repository_root().join("k8s/overlays").join(overlay);
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .unwrap_or_else(|error| panic!("{overlay}/{name}: {error}"))
-    };
-    #[derive(serde::Deserialize)]
-    struct Patch {
-        path: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Kustomization {
-        resources: Vec<String>,
-        patches: Vec<Patch>,
-    }
-    let kustomization: Kustomization =
-        serde_saphyr::from_str(&read("kustomization.yaml")).expect("kustomization");
-    assert_eq!(kustomization.resources, ["../../base"], "{overlay}");
-    let mut policy: NetworkPolicy = parse("networkpolicy.yaml");
-    let patch: NetworkPolicy =
-        serde_saphyr::from_str(&read(&kustomization.patches[0].path)).expect("patch");
-    assert_eq!(patch.metadata.name, policy.metadata.name, "{overlay}");
-    let spec = policy.spec.as_mut().expect("spec");
-    spec.egress = patch.spec.and_then(|spec| spec.egress);
-    policy
-}
-
-/// The TCP ports an egress rule list allows.
-fn egress_ports(policy: &NetworkPolicy) -> Vec<i32> {
-    let spec = policy.spec.as_ref().expect("spec");
-    spec.egress
-        .iter()
-        .flatten()
-        .flat_map(|rule| rule.ports.iter().flatten())
-        .filter_map(|port| match port.port {
-            Some(IntOrString::Int(port)) => Some(port),
-            _ => None,
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn the_overlays_allow_egress_to_the_api_server_and_nothing_else() {
-    let control_plane = applied().await;
-    let policies = Api::<NetworkPolicy>::namespaced(
-        control_plane.admin_client().await.expect("admin"),
-        "setpoint",
-    );
-    for (overlay, ports) in [("portable", vec![443, 6443]), ("kind", vec![6443])] {
-        let mut policy = overlay_network_policy(overlay);
-        assert_eq!(egress_ports(&policy), ports, "{overlay}");
-        // The API server accepts the rendered policy.
-        policy.metadata.name = Some(format!("setpoint-{overlay}"));
-        policies
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                },
-                &policy,
-            )
-            .await
-            .unwrap_or_else(|error| panic!("{overlay}: {error}"));
-    }
-    // The base alone allows no egress: it is not meant to be applied on its own.
-    assert!(egress_ports(&parse("networkpolicy.yaml")).is_empty());
 }
 
 #[tokio::test]
