@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make deploy`: Setpoint on a local KIND cluster (needs Docker). Creates or reuses the
 # cluster (KIND_OFFLINE=1: two nodes from the node image `make kind-node` builds, with
-# kube-router as CNI, for machines that reach no container registry), loads the image,
-# creates the TLS Secret and client-CA ConfigMap from a dev PKI in .dev/kind-pki, allows
-# egress to this cluster's API server, applies k8s/overlays/kind, waits for the rollout,
-# and runs a smoke test through a port-forward with setpointctl. Idempotent: a second run
-# rolls the pods only when the image or the PKI changed. `deploy.sh down` removes
-# Setpoint; `deploy.sh kind-down` deletes the cluster.
+# kube-router as CNI, for machines that reach no container registry), loads the image
+# (setpoint:dev, both binaries), creates the TLS Secret and client-CA ConfigMap from a
+# dev PKI in .dev/kind-pki, applies k8s/base with egress to exactly this cluster's API
+# server (tools/deploy/egress.sh, as `make overlay`), waits for the rollouts of
+# setpoint-api and setpoint-reconciler, and runs a smoke test through a port-forward
+# with setpointctl. Idempotent: a second run rolls the pods only when the image or the
+# PKI changed. `deploy.sh down` removes Setpoint; `deploy.sh kind-down` deletes the
+# cluster.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,7 +20,7 @@ kubectl=("$tools/kubectl" --context kind-setpoint)
 cluster=setpoint
 
 case "${1:-up}" in
-  down) "${kubectl[@]}" delete -k k8s/overlays/kind --ignore-not-found; exit ;;
+  down) "${kubectl[@]}" delete -k k8s/base --ignore-not-found; exit ;;
   kind-down) "$kind" delete cluster --name "$cluster"; exit ;;
   up) ;;
   *) echo "usage: $0 [up|down|kind-down]" >&2; exit 2 ;;
@@ -57,7 +59,8 @@ if [[ -n ${offline:-} ]]; then
 fi
 
 echo "deploy: loading the image ..." >&2
-"$kind" load image-archive target/image/setpoint-server.tar --name "$cluster"
+# One image, setpoint:dev, for both Deployments (each names its binary in `command:`).
+"$kind" load image-archive target/image/setpoint.tar --name "$cluster"
 
 echo "deploy: dev PKI, TLS Secret and client CA ..." >&2
 # Its own dev PKI, kept across runs (so a second `make deploy` changes nothing) until it
@@ -74,55 +77,49 @@ fi
 "${kubectl[@]}" -n setpoint create configmap setpoint-client-ca \
   --from-file=ca.crt="$pki/client-ca.crt" --dry-run=client -o yaml | "${kubectl[@]}" apply -f -
 
-# k8s/base allows no egress; the KIND overlay allows TCP 6443 to Docker's private
-# address pools. Check that it covers every API-server endpoint of this cluster.
-slices() {
-  "${kubectl[@]}" -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o jsonpath="$1"
-}
-covered() { # covered <IPv4 address>: inside 172.16.0.0/12 or 192.168.0.0/16
-  local a b c d
-  IFS=. read -r a b c d <<< "$1"
-  [[ -n $d ]] && { { ((a == 172 && b >= 16 && b <= 31)); } || { ((a == 192 && b == 168)); }; }
-}
-addresses=$(slices '{range .items[*]}{range .endpoints[*]}{range .addresses[*]}{@}{" "}{end}{end}{end}')
-[[ -n $addresses ]] || { echo "deploy: the kubernetes EndpointSlice lists no API-server address" >&2; exit 1; }
-for address in $addresses; do
-  covered "$address" || {
-    echo "deploy: the API server at $address is outside k8s/overlays/kind's egress ranges; add it there" >&2
-    exit 1
-  }
-done
-for port in $(slices '{range .items[*]}{range .ports[*]}{.port}{" "}{end}{end}'); do
-  [[ $port == 6443 ]] || {
-    echo "deploy: the API server listens on port $port, not 6443 as k8s/overlays/kind allows" >&2
-    exit 1
-  }
-done
-# The tag stays setpoint-server:dev; the digests of the image archive and of the PKI in
-# the pod template roll the pods when either changed (a second `make deploy` upgrades in
-# place), not otherwise.
+# k8s/base allows no egress: the overlay that `make overlay` writes (tools/deploy/egress.sh)
+# allows it to exactly this cluster's API-server endpoints.
+tools/deploy/egress.sh .dev/deploy/egress "${kubectl[@]}"
+# The tag stays setpoint:dev; the digest of the image archive in both pod templates, and
+# of the PKI in the API's (the reconciler reads no TLS material), roll the pods when
+# either changed (a second `make deploy` upgrades in place), not otherwise.
 sha256() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -d' ' -f1; }
-image_digest=$(sha256 < target/image/setpoint-server.tar)
+image_digest=$(sha256 < target/image/setpoint.tar)
 pki_digest=$(cat "$pki"/{ca,client-ca,server}.crt | sha256)
 mkdir -p .dev/deploy
 cat > .dev/deploy/kustomization.yaml <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [../../k8s/overlays/kind]
+resources: [egress]
 patches:
   - patch: |
       apiVersion: apps/v1
       kind: Deployment
-      metadata: {name: setpoint, namespace: setpoint}
+      metadata: {name: setpoint-api, namespace: setpoint}
       spec:
         template:
           metadata:
             annotations:
               setpoint.dev/image-archive: "sha256:$image_digest"
               setpoint.dev/pki: "sha256:$pki_digest"
+  - patch: |
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: setpoint-reconciler, namespace: setpoint}
+      spec:
+        template:
+          metadata:
+            annotations:
+              setpoint.dev/image-archive: "sha256:$image_digest"
 EOF
+# A cluster deployed before the API and the reconciler were two Deployments still runs
+# the one Deployment `setpoint` (setpoint-server:dev, whose pods would contend for the
+# Lease) and has its PodDisruptionBudget; `kubectl apply` prunes nothing.
+"${kubectl[@]}" -n setpoint delete deployment/setpoint poddisruptionbudget/setpoint --ignore-not-found
 "${kubectl[@]}" apply -k .dev/deploy
-"${kubectl[@]}" -n setpoint rollout status deployment/setpoint --timeout=180s
+for deployment in setpoint-api setpoint-reconciler; do
+  "${kubectl[@]}" -n setpoint rollout status "deployment/$deployment" --timeout=180s
+done
 
 echo "deploy: smoke test ..." >&2
 "${kubectl[@]}" create namespace setpoint-demo --dry-run=client -o yaml | "${kubectl[@]}" apply -f -

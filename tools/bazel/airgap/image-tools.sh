@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What `//services/server:image`, `:load` and `:push` would download, made on this machine:
+# What `//services:image`, `:load` and `:push` would download, made on this machine:
 # one repository per prebuilt tool of aspect_bazel_lib, tar.bzl and rules_oci, the two bats
 # toolchain hubs, and the distroless base (distroless-base.py), each a directory under
 # $cache/bazel/airgap/image-tools/<canonical name>/ holding the tool, an empty REPO.bazel and
