@@ -96,7 +96,7 @@ else
 endif
 
 .PHONY: image
-image: $(if $(filter cargo,$(BUILD)),$(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX))) ## Static server in a reproducible OCI image archive (Cargo: and its SBOM; no Docker on Linux): target/image/
+image: $(if $(filter cargo,$(BUILD)),$(if $(filter native,$(IMAGE_BUILDER)),$(CARGO_CYCLONEDX))) ## Both static binaries in one reproducible OCI image archive (Cargo: and their SBOMs; no Docker on Linux): target/image/
 	$(USING)
 	BUILD=$(BUILD) BAZEL=$(BAZEL) CARGO=$(CARGO) IMAGE_BUILDER=$(IMAGE_BUILDER) IMAGE_TARGET=$(IMAGE_TARGET) \
 	  TARGET_DIR=$(TARGET_DIR) CARGO_CYCLONEDX=$(CARGO_CYCLONEDX) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \

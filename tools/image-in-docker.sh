@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make image` where the static Linux binary cannot be built natively (macOS): runs the
+# `make image` where the static Linux binaries cannot be built natively (macOS): runs the
 # same `make image` inside the pinned Rust image, so there is one definition of what is
-# in the image. Needs Docker. The binary is built for the Docker engine's architecture
+# in the image. Needs Docker. The binaries are built for the Docker engine's architecture
 # (amd64, or arm64 on Apple silicon, which is what a local KIND node runs); the commit
 # time and revision come from the host's git. Crates, tools and build output are kept
 # in the volume `setpoint-build` and in target/linux, so later runs are incremental.
