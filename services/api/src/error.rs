@@ -14,6 +14,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The parts both processes start the same way (client, HTTP port).
+    #[error(transparent)]
+    Start(#[from] setpoint_runtime::base::Error),
     #[error("{what} did not finish within {after:?}")]
     Timeout {
         what: &'static str,

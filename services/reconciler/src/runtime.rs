@@ -6,13 +6,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
-use setpoint_k8s_index::{Index, IndexMetrics};
-use setpoint_runtime::health::{self, Readiness};
-use setpoint_runtime::{METRICS_PREFIX, client, http, signal};
-use tokio::net::TcpListener;
+use setpoint_runtime::base::{self, Base, Running};
+use setpoint_runtime::signal;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -25,56 +21,37 @@ use crate::metrics::ReconcilerMetrics;
 pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("Kubernetes client: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Start(#[from] base::Error),
 }
 
 pub struct Reconciler {
     config: Config,
-    client: kube::Client,
+    base: Base,
     metrics: ReconcilerMetrics,
-    index_metrics: IndexMetrics,
-    registry: Registry,
-    http_listener: TcpListener,
 }
 
 impl Reconciler {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
-        let mut registry = Registry::default();
-        let prefixed = registry.sub_registry_with_prefix(METRICS_PREFIX);
-        let metrics = ReconcilerMetrics::register(prefixed);
-        let index_metrics = IndexMetrics::register(prefixed);
-        let client = client::counted(kube_config, prefixed, "reconciler")?;
-        let address = config.health.http_listen;
-        let http_listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| Error::Io {
-                context: format!("binding {address}"),
-                source,
-            })?;
+        let (base, metrics) = Base::bind(
+            kube_config,
+            "reconciler",
+            config.index.clone(),
+            config.health.clone(),
+            ReconcilerMetrics::register,
+        )
+        .await?;
         Ok(Self {
             config,
-            client,
+            base,
             metrics,
-            index_metrics,
-            registry,
-            http_listener,
         })
     }
 
     /// The bound HTTP address (useful with port 0).
     pub fn http_addr(&self) -> Result<SocketAddr, Error> {
-        self.http_listener.local_addr().map_err(|source| Error::Io {
-            context: "reading the HTTP address".into(),
-            source,
-        })
+        Ok(self.base.http_addr()?)
     }
 
     /// Runs until `shutdown` completes; then reports not ready, stops reconciling and
@@ -82,33 +59,17 @@ impl Reconciler {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
             config,
-            client,
+            base,
             metrics,
-            index_metrics,
-            registry,
-            http_listener,
         } = self;
         // Dropping the set aborts every task in it.
         let mut tasks = JoinSet::new();
-        let index = Index::start(
-            &client,
-            config.index.watch_timeout,
-            &index_metrics,
-            &mut tasks,
-        );
-        let readiness = Arc::new(Readiness::new(index.clone(), config.health.probe_interval));
-        tasks.spawn(health::run(
-            readiness.clone(),
-            client.clone(),
-            config.health.probe_interval,
-        ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tasks.spawn(http::serve(
-            http_listener,
-            readiness.clone(),
-            Arc::new(registry),
-            signal::stopped(stopped),
-        ));
+        let Running {
+            client,
+            index,
+            readiness,
+        } = base.start(signal::stopped(stopped), &mut tasks);
         tracing::info!(http = %config.health.http_listen, "reconciler started");
 
         let identity = config.lease.identity.clone();

@@ -2,8 +2,10 @@
 //! in a cluster, in one place: the flag groups they share ([`flags`]), logging
 //! ([`telemetry`]), the Kubernetes client whose requests are counted ([`client`]),
 //! readiness with its Kubernetes connectivity probe ([`health`]), the plaintext HTTP
-//! port ([`http`]) and the shutdown signal ([`signal`]).
+//! port ([`http`]), the shutdown signal ([`signal`]), and [`base`], which sets them up
+//! the same way for both.
 
+pub mod base;
 pub mod client;
 pub mod flags;
 pub mod health;

@@ -13,14 +13,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use setpoint_core::Policy;
 use setpoint_core::limits::WriteLimiter;
-use setpoint_k8s_index::{Index, IndexMetrics};
 use setpoint_proto::v1::replica_service_server::{ReplicaServiceServer, SERVICE_NAME};
-use setpoint_runtime::health::{self, Readiness};
-use setpoint_runtime::{METRICS_PREFIX, client, http, signal};
+use setpoint_runtime::base::{Base, Running};
+use setpoint_runtime::health::Readiness;
+use setpoint_runtime::signal;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
@@ -53,24 +52,24 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     config: Config,
-    client: kube::Client,
+    base: Base,
     metrics: Metrics,
-    index_metrics: IndexMetrics,
-    registry: Registry,
     tls: Reloader<ServerConfig>,
     policy: Reloader<Policy>,
     grpc_listener: TcpListener,
-    http_listener: TcpListener,
 }
 
 impl Server {
     pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
-        let mut registry = Registry::default();
-        let prefixed = registry.sub_registry_with_prefix(METRICS_PREFIX);
-        let metrics = Metrics::register(prefixed);
-        let index_metrics = IndexMetrics::register(prefixed);
-        let client = client::counted(kube_config, prefixed, "api")?;
+        let (base, metrics) = Base::bind(
+            kube_config,
+            "api",
+            config.index.clone(),
+            config.health.clone(),
+            Metrics::register,
+        )
+        .await?;
         let files = config.tls.clone();
         let tls = Reloader::new(
             "TLS configuration",
@@ -85,21 +84,17 @@ impl Server {
             move || load_policy(&policy_path),
             metrics.reload_failures.clone(),
         )?;
-        let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(Error::io(format!("binding {address}")))
-        };
+        let address = config.listen;
+        let grpc_listener = TcpListener::bind(address)
+            .await
+            .map_err(Error::io(format!("binding {address}")))?;
         Ok(Self {
-            grpc_listener: bind(config.listen).await?,
-            http_listener: bind(config.health.http_listen).await?,
             config,
-            client,
+            base,
             metrics,
-            index_metrics,
-            registry,
             tls,
             policy,
+            grpc_listener,
         })
     }
 
@@ -112,9 +107,7 @@ impl Server {
 
     /// The bound HTTP address (useful with port 0).
     pub fn http_addr(&self) -> Result<SocketAddr, Error> {
-        self.http_listener
-            .local_addr()
-            .map_err(Error::io("reading the HTTP address"))
+        Ok(self.base.http_addr()?)
     }
 
     /// Serves until `shutdown` completes; then reports not ready but serves on for
@@ -123,43 +116,26 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
             config,
-            client,
+            base,
             metrics,
-            index_metrics,
-            registry,
             tls,
             policy,
             grpc_listener,
-            http_listener,
         } = self;
         // Dropping the set aborts every task in it.
         let mut tasks = JoinSet::new();
-        let index = Index::start(
-            &client,
-            config.index.watch_timeout,
-            &index_metrics,
-            &mut tasks,
-        );
-        let readiness = Arc::new(Readiness::new(index.clone(), config.health.probe_interval));
+        // Serving stops after --shutdown-delay.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let Running {
+            client,
+            index,
+            readiness,
+        } = base.start(signal::stopped(stopped.clone()), &mut tasks);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tasks.spawn(health::run(
-            readiness.clone(),
-            client.clone(),
-            config.health.probe_interval,
-        ));
         tasks.spawn(report_health(readiness.clone(), health_reporter));
         let (tls_config, current_policy) = (tls.shared(), policy.shared());
         tasks.spawn(tls.run(config.reload_interval));
         tasks.spawn(policy.run(config.reload_interval));
-
-        // Serving stops after --shutdown-delay.
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tasks.spawn(http::serve(
-            http_listener,
-            readiness.clone(),
-            Arc::new(registry),
-            signal::stopped(stopped.clone()),
-        ));
 
         let replicas = Arc::new(Replicas {
             index: index.clone(),

@@ -20,6 +20,7 @@ impl From<Error> for Status {
                 "the Kubernetes API server did not answer in time; retry later",
             ),
             Error::Config(_)
+            | Error::Start(_)
             | Error::Tls { .. }
             | Error::Policy { .. }
             | Error::Io { .. }
