@@ -802,9 +802,9 @@ async fn a_dry_run_checks_everything_stores_nothing_and_is_audited_as_one() {
 async fn release_stops_management_with_a_version_precondition() {
     let logs = support::logs();
     let namespace = namespace_with("release", &[("web", 1), ("api", 1)]).await;
-    // Six writes, each spending from the budget (a release of nothing too: it asks the
+    // Seven writes, each spending from the budget (a release of nothing too: it asks the
     // API server).
-    let server = Setpoint::start_with("setpoint-api", &["--write-burst=6"]).await;
+    let server = Setpoint::start_with("setpoint-api", &["--write-burst=7"]).await;
     server.wait_until_ready().await;
     let mut operator = server.client(OPERATOR).await;
 
