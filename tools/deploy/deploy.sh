@@ -114,8 +114,11 @@ patches:
 EOF
 # A cluster deployed before the API and the reconciler were two Deployments still runs
 # the one Deployment `setpoint` (setpoint-server:dev, whose pods would contend for the
-# Lease) and has its PodDisruptionBudget; `kubectl apply` prunes nothing.
-"${kubectl[@]}" -n setpoint delete deployment/setpoint poddisruptionbudget/setpoint --ignore-not-found
+# Lease) with its PodDisruptionBudget, ServiceAccount and cluster-wide RBAC (which the
+# admission policies no longer name); `kubectl apply` prunes nothing.
+previous=(deployment/setpoint poddisruptionbudget/setpoint serviceaccount/setpoint
+  clusterrolebinding/setpoint clusterrole/setpoint)
+"${kubectl[@]}" -n setpoint delete "${previous[@]}" --ignore-not-found
 "${kubectl[@]}" apply -k .dev/deploy
 for deployment in setpoint-api setpoint-reconciler; do
   "${kubectl[@]}" -n setpoint rollout status "deployment/$deployment" --timeout=180s

@@ -51,7 +51,7 @@ cat >"$out/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - $(realpath --relative-to="$out" "$root/k8s/base")
+  - $(perl -MFile::Spec -e 'print File::Spec->abs2rel(@ARGV)' "$root/k8s/base" "$(cd "$out" && pwd)")
 patches:
   - path: apiserver-egress.yaml
 YAML

@@ -1,7 +1,7 @@
 //! WatchDeployments end to end against the real control plane: the current state, then
 //! each change from the watch cache (no request to the cluster per watcher), selectors,
 //! resume tokens, limits, cancellation and policy reloads. (A slow consumer is dropped:
-//! the unit tests of `changes.rs`, where thousands of changes cost nothing.)
+//! the unit tests of `watch/stream.rs`, where thousands of changes cost nothing.)
 
 mod support;
 

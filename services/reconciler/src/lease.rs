@@ -48,8 +48,9 @@ pub struct LeaseConfig {
     #[arg(skip = LEASE_NAME.to_owned())]
     pub name: String,
 
-    /// This replica's name in the leader-election Lease and in Events.
-    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    /// This replica's name in the leader-election Lease and in Events [default:
+    /// <hostname>-<pid>].
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity(), hide_default_value = true)]
     pub identity: String,
 
     /// How long the Lease is valid without renewal (whole seconds); a crashed leader is
@@ -60,7 +61,7 @@ pub struct LeaseConfig {
 
     /// How often the leader renews the Lease (and others check it).
     #[arg(long = "lease-renew-interval", env = "SETPOINT_LEASE_RENEW_INTERVAL",
-          default_value = "5s", value_parser = parse_duration)]
+          default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     pub renew_every: Duration,
 }
 

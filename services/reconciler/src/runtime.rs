@@ -18,7 +18,7 @@ use crate::metrics::ReconcilerMetrics;
 
 /// What can stop the process from starting.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error(transparent)]
@@ -32,8 +32,8 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, Error> {
-        config.validate().map_err(Error::Config)?;
+    pub async fn bind(config: Config, kube_config: kube::Config) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let (base, metrics) = Base::bind(
             kube_config,
             "reconciler",
@@ -50,13 +50,13 @@ impl Reconciler {
     }
 
     /// The bound HTTP address (useful with port 0).
-    pub fn http_addr(&self) -> Result<SocketAddr, Error> {
+    pub fn http_addr(&self) -> Result<SocketAddr, StartError> {
         Ok(self.base.http_addr()?)
     }
 
     /// Runs until `shutdown` completes; then reports not ready, stops reconciling and
     /// releases the Lease (so that a peer takes over at once), and stops every task.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Self {
             config,
             base,

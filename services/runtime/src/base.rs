@@ -35,8 +35,8 @@ pub struct Base {
     index_metrics: IndexMetrics,
     client: kube::Client,
     http_listener: TcpListener,
-    index: IndexFlags,
-    health: HealthFlags,
+    index_flags: IndexFlags,
+    health_flags: HealthFlags,
 }
 
 /// The running shared parts a process builds on.
@@ -73,8 +73,8 @@ impl Base {
             index_metrics,
             client,
             http_listener,
-            index,
-            health,
+            index_flags: index,
+            health_flags: health,
         };
         Ok((base, metrics))
     }
@@ -96,11 +96,11 @@ impl Base {
     ) -> Running {
         let index = Index::start(
             &self.client,
-            self.index.watch_timeout,
+            self.index_flags.watch_timeout,
             &self.index_metrics,
             tasks,
         );
-        let interval = self.health.probe_interval;
+        let interval = self.health_flags.probe_interval;
         let readiness = Arc::new(Readiness::new(index.clone(), interval));
         tasks.spawn(health::run(
             readiness.clone(),

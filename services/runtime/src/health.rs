@@ -53,9 +53,11 @@ impl Readiness {
         self.reported.subscribe()
     }
 
-    /// From now on, not ready: the process is shutting down.
+    /// From now on, not ready: the process is shutting down. Said at once, not at the
+    /// next evaluation, so that the Service drops the replica within `--shutdown-delay`.
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        self.reported.send_replace(false);
     }
 
     /// Why this replica is not ready; empty when it is.

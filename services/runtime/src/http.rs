@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::health::Readiness;
 
 #[derive(Clone)]
-struct Probes {
+struct HttpState {
     readiness: Arc<Readiness>,
     registry: Arc<Registry>,
 }
@@ -40,14 +40,14 @@ fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Probes {
+        .with_state(HttpState {
             readiness,
             registry,
         })
 }
 
-async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
-    let problems = probes.readiness.problems();
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let problems = state.readiness.problems();
     if problems.is_empty() {
         (StatusCode::OK, "ok".to_owned())
     } else {
@@ -58,9 +58,9 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &probes.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
             [(

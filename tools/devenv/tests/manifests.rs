@@ -444,8 +444,8 @@ fn the_api_serves_from_two_replicas_and_drains() {
         Some(vec!["/setpoint-api".into()])
     );
     assert!(
-        pod.termination_grace_period_seconds >= Some(30),
-        "covers the 20 s drain"
+        pod.termination_grace_period_seconds >= Some(35),
+        "covers the 5 s delay, the 20 s drain and 10 s of writes"
     );
 }
 

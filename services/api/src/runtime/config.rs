@@ -33,8 +33,7 @@ pub struct Config {
     #[arg(long, env = "SETPOINT_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
-    /// Setpoint's own namespace, where SetReplicas is always denied unless a binding
-    /// names it.
+    /// Setpoint's own namespace, always protected (see `--protected-namespaces`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "setpoint")]
     pub namespace: String,
 
@@ -91,9 +90,10 @@ pub struct WriteFlags {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub write_burst: u32,
 
-    /// Namespaces where SetReplicas is denied unless the caller's policy binding names
-    /// the namespace explicitly (comma-separated). Setpoint's own namespace
-    /// (`--namespace`) is always protected.
+    /// Namespaces where SetReplicas and ReleaseDeployment are denied unless the caller's
+    /// policy binding names the namespace explicitly (comma-separated). Setpoint's own
+    /// namespace (`--namespace`) is always protected. For the defaults the cluster refuses
+    /// too: k8s/base/admission.yaml closes them to Setpoint's ServiceAccounts.
     #[arg(
         long,
         env = "SETPOINT_PROTECTED_NAMESPACES",

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use setpoint_reconciler::config::Config;
-use setpoint_reconciler::runtime::{Error, Reconciler as Runtime};
+use setpoint_reconciler::runtime::{Reconciler as Runtime, StartError};
 use testenv::proxy::Proxy;
 use tokio::sync::oneshot;
 
@@ -26,7 +26,7 @@ pub const LEASE: [&str; 2] = ["--lease-duration=3s", "--lease-renew-interval=500
 pub struct Reconciler {
     pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
 }
 
 impl Reconciler {
@@ -84,7 +84,7 @@ impl Reconciler {
 
     /// Sends the shutdown signal (like SIGTERM) and waits until the reconciler has
     /// stopped and released the Lease.
-    pub async fn stop(mut self) -> Result<(), Error> {
+    pub async fn stop(mut self) -> Result<(), StartError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

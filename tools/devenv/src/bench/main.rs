@@ -10,7 +10,7 @@
 //! how long a change takes to reach all of them. Prints a Markdown report with each
 //! goal met or missed; figures only, no assertions.
 //!
-//! One module a job: `server` starts and stops the server binary with its flags,
+//! One module a job: `server` starts and stops the API and the reconciler with its flags,
 //! `load` drives reads (ghz and the API-server baseline), `sample` reads `/proc`,
 //! `size` measures one Deployment count, `watchers` the watch fan-out, `soak` the soak
 //! test, and `report` writes the Markdown.
