@@ -133,3 +133,20 @@ pub async fn run(readiness: Arc<Readiness>, client: Client, interval: Duration) 
         tokio::time::sleep(EVALUATE_EVERY).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutting_down_reports_not_ready_at_once() {
+        let (index, _) = Index::new();
+        let readiness = Readiness::new(index, Duration::from_secs(10));
+        let changes = readiness.changes();
+        // As `run` reports a ready replica.
+        readiness.reported.send_replace(true);
+        readiness.shut_down();
+        assert!(!*changes.borrow(), "still reported ready after shut_down");
+        assert!(readiness.problems().contains(&"shutting down".to_owned()));
+    }
+}
