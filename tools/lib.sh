@@ -4,11 +4,16 @@
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${SETPOINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/setpoint}
 
-# The offline Bazel module registry and sources (tools/bazel/airgap): where
-# SETPOINT_AIRGAP_BUNDLE says, else ../shared/bazel-offline beside the checkout, else
-# /work/shared/bazel-offline (where the CI machines keep it, whatever the clone's path).
-airgap_bundle=${SETPOINT_AIRGAP_BUNDLE:-$(cd "$tools_dir/../.." && pwd)/shared/bazel-offline}
-[[ -d $airgap_bundle || -n ${SETPOINT_AIRGAP_BUNDLE:-} ]] || airgap_bundle=/work/shared/bazel-offline
+# shared_path <name>: what the machine provides beside the checkout, ../shared/<name>,
+# else /work/shared/<name> (where the CI machines keep it, whatever the clone's path).
+shared_path() {
+  local beside
+  beside=$(cd "$tools_dir/../.." && pwd)/shared/$1
+  if [[ -d $beside ]]; then echo "$beside"; else echo "/work/shared/$1"; fi
+}
+
+# The offline Bazel module registry and sources (tools/bazel/airgap).
+airgap_bundle=${SETPOINT_AIRGAP_BUNDLE:-$(shared_path bazel-offline)}
 
 # bazel_dep_version <module>: the version MODULE.bazel pins for a Bazel module.
 bazel_dep_version() {

@@ -11,8 +11,7 @@ cd "$(dirname "$0")/../.."
 source tools/lib.sh
 
 deny=${CARGO_DENY:?CARGO_DENY names the cargo-deny binary (make audit sets it)}
-snapshot=${SETPOINT_ADVISORY_DB:-$(cd .. && pwd)/shared/advisory-db}
-[[ -d $snapshot || -n ${SETPOINT_ADVISORY_DB:-} ]] || snapshot=/work/shared/advisory-db
+snapshot=${SETPOINT_ADVISORY_DB:-$(shared_path advisory-db)}
 [[ -f $snapshot/SNAPSHOT ]] || {
   echo "audit: no advisory database snapshot at $snapshot (set SETPOINT_ADVISORY_DB, or run make audit-live)" >&2
   exit 1
