@@ -173,7 +173,7 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
     let deployment = context.index.deployment(&key);
     let autoscaler = context.index.autoscaler_of(&key);
     let target = deployment.as_ref().map(|deployment| Target {
-        uid: deployment.uid.clone(),
+        uid: deployment.uid.to_string(),
         replicas: deployment.spec_replicas,
     });
 
@@ -185,7 +185,7 @@ async fn reconcile_once(setpoint: &ReplicaSetpoint, context: &Context) -> Result
             reverting,
         } => {
             let deployments = Api::<Deployment>::namespaced(context.client.clone(), &namespace);
-            let resource_version = deployment.map(|d| d.resource_version.clone());
+            let resource_version = deployment.map(|d| d.resource_version.to_string());
             match scale(&deployments, &name, to, resource_version).await {
                 Ok(()) => {
                     let (event, note) = if reverting {

@@ -97,9 +97,9 @@ impl Replicas {
         Ok(Page {
             deployments: page
                 .into_iter()
-                .map(|(key, deployment)| {
-                    let setpoint = self.index.setpoint(&key);
-                    DeploymentView::of(key, &deployment, setpoint.as_deref())
+                .map(|deployment| {
+                    let setpoint = self.index.setpoint(&deployment.key);
+                    DeploymentView::of(&deployment, setpoint.as_deref())
                 })
                 .collect(),
             next_page_token: next
@@ -116,7 +116,6 @@ impl Replicas {
             .get(key)
             .ok_or_else(|| setpoint_core::Error::DeploymentNotFound(key.clone()))?;
         Ok(DeploymentView::of(
-            key.clone(),
             &deployment,
             self.index.setpoint(key).as_deref(),
         ))
@@ -252,7 +251,7 @@ impl Replicas {
         }
         let spec = ReplicaSetpointSpec {
             replicas: request.replicas,
-            deployment_uid: deployment.uid.clone(),
+            deployment_uid: deployment.uid.to_string(),
         };
         if request.dry_run {
             self.dry_run_limiter
@@ -266,7 +265,7 @@ impl Replicas {
         Ok((
             previous,
             Some(stored.spec.replicas),
-            DeploymentView::of(key.clone(), &deployment, Some(&stored)),
+            DeploymentView::of(&deployment, Some(&stored)),
         ))
     }
 
@@ -286,7 +285,7 @@ impl Replicas {
             Some(current) if current.spec == spec => current.clone(),
             _ => ReplicaSetpoint::new(&key.name, spec),
         };
-        let mut answer = DeploymentView::of(key.clone(), deployment, Some(&desired));
+        let mut answer = DeploymentView::of(deployment, Some(&desired));
         answer.version = current.as_deref().map(setpoint_version).unwrap_or_default();
         Ok((
             current.map(|current| current.spec.replicas),
@@ -319,7 +318,7 @@ impl Replicas {
         let previous = delete_setpoint(&self.client, key, expected_version).await?;
         let answer = deployments
             .get(key)
-            .map(|deployment| DeploymentView::of(key.clone(), &deployment, None));
+            .map(|deployment| DeploymentView::of(&deployment, None));
         Ok((Some(previous), None, answer))
     }
 }

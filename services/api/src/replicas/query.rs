@@ -3,16 +3,17 @@
 //! a fingerprint of the three that page and resume tokens are bound to. Page tokens are
 //! here too: an opaque cursor bound to its query.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kube::core::{Selector, SelectorExt};
 use setpoint_core::key::{validate_name, validate_namespace};
 use setpoint_core::{Caller, DeploymentKey, Error, Scope};
 use sha2::{Digest, Sha256};
 
-use crate::replicas::selector;
+use setpoint_k8s_index::Labels;
+
+use crate::replicas::selector::{self, Selector};
 
 /// Which Deployments a listing or a watch sees.
 pub struct Query {
@@ -41,7 +42,7 @@ impl Query {
     }
 
     /// Whether the Deployment `key` with `labels` is selected.
-    pub fn sees(&self, key: &DeploymentKey, labels: &BTreeMap<String, String>) -> bool {
+    pub fn sees(&self, key: &DeploymentKey, labels: &Labels) -> bool {
         (self.namespace.is_empty() || self.namespace == key.namespace)
             && self.scope.allows(&key.namespace)
             && self.selector.matches(labels)

@@ -1,12 +1,62 @@
-//! Parses Kubernetes label selector strings (`app=web,tier in (a,b),!canary`) into
-//! kube's [`Selector`], which matches them against cached objects' labels.
+//! Kubernetes label selectors (`app=web,tier in (a,b),!canary`): parsed from their
+//! text, and matched against the index's labels as Kubernetes matches them.
 
 use std::collections::BTreeSet;
 
-use kube::core::{Expression, Selector};
-
 use setpoint_core::Error;
 use setpoint_core::key::validate_name;
+use setpoint_k8s_index::Labels;
+
+/// One requirement of a selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    Exists(String),
+    DoesNotExist(String),
+    Equal(String, String),
+    /// Also met without the label, as in Kubernetes.
+    NotEqual(String, String),
+    In(String, BTreeSet<String>),
+    /// Also met without the label, as in Kubernetes.
+    NotIn(String, BTreeSet<String>),
+}
+
+impl Requirement {
+    fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Self::Exists(key) => labels.get(key).is_some(),
+            Self::DoesNotExist(key) => labels.get(key).is_none(),
+            Self::Equal(key, value) => labels.get(key) == Some(value),
+            Self::NotEqual(key, value) => labels.get(key) != Some(value),
+            Self::In(key, values) => labels.get(key).is_some_and(|value| values.contains(value)),
+            Self::NotIn(key, values) => labels.get(key).is_none_or(|value| !values.contains(value)),
+        }
+    }
+}
+
+/// Every requirement must be met; none: everything is selected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector(Vec<Requirement>);
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0.iter().all(|requirement| requirement.matches(labels))
+    }
+
+    /// The `(key, value)` labels every selected Deployment carries: what the index
+    /// narrows a listing with.
+    pub fn required_labels(&self) -> Vec<(&str, &str)> {
+        self.0
+            .iter()
+            .filter_map(|requirement| match requirement {
+                Requirement::Equal(key, value) => Some((key.as_str(), value.as_str())),
+                Requirement::In(key, values) if values.len() == 1 => {
+                    values.first().map(|value| (key.as_str(), value.as_str()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
 
 pub fn parse(text: &str) -> Result<Selector, Error> {
     split_requirements(text)?
@@ -17,7 +67,8 @@ pub fn parse(text: &str) -> Result<Selector, Error> {
                 reason: format!("requirement {requirement:?} {reason}"),
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Selector)
 }
 
 /// Splits on commas outside parentheses; empty input means "everything".
@@ -52,18 +103,18 @@ fn unbalanced(text: &str, parenthesis: char) -> Error {
     }
 }
 
-fn parse_requirement(text: &str) -> Result<Expression, String> {
+fn parse_requirement(text: &str) -> Result<Requirement, String> {
     if let Some(key) = text.strip_prefix('!') {
-        return Ok(Expression::DoesNotExist(label_key(key.trim())?));
+        return Ok(Requirement::DoesNotExist(label_key(key.trim())?));
     }
     for (operator, negated) in [(" notin ", true), (" in ", false)] {
         if let Some((key, values)) = text.split_once(operator) {
             let values = set_values(values.trim())?;
             let key = label_key(key.trim())?;
             return Ok(if negated {
-                Expression::NotIn(key, values)
+                Requirement::NotIn(key, values)
             } else {
-                Expression::In(key, values)
+                Requirement::In(key, values)
             });
         }
     }
@@ -72,13 +123,13 @@ fn parse_requirement(text: &str) -> Result<Expression, String> {
             let key = label_key(key.trim())?;
             let value = label_value(value.trim())?;
             return Ok(if negated {
-                Expression::NotEqual(key, value)
+                Requirement::NotEqual(key, value)
             } else {
-                Expression::Equal(key, value)
+                Requirement::Equal(key, value)
             });
         }
     }
-    Ok(Expression::Exists(label_key(text)?))
+    Ok(Requirement::Exists(label_key(text)?))
 }
 
 fn set_values(text: &str) -> Result<BTreeSet<String>, String> {
@@ -127,17 +178,10 @@ fn is_label_token(token: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use kube::core::SelectorExt;
-
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -151,6 +195,9 @@ mod tests {
             ("app=db", false),
             ("tier in (front, back)", true),
             ("tier notin (front)", false),
+            ("canary!=yes", true),
+            ("canary notin (yes)", true),
+            ("canary in (yes)", false),
             ("canary", false),
             ("!canary", true),
             ("example.com/team=a,app=web", true),
@@ -160,6 +207,13 @@ mod tests {
             let parsed = parse(selector).unwrap_or_else(|error| panic!("{selector}: {error}"));
             assert_eq!(parsed.matches(&web), expected, "{selector}");
         }
+    }
+
+    #[test]
+    fn equalities_and_single_value_sets_are_required_labels() {
+        let selector = parse("app=web,tier in (a),zone in (x,y),team!=b,canary").expect("valid");
+        assert_eq!(selector.required_labels(), [("app", "web"), ("tier", "a")]);
+        assert!(parse("").expect("valid").required_labels().is_empty());
     }
 
     #[test]
@@ -226,13 +280,13 @@ mod properties {
                 for requirement in split_requirements(&text).expect("accepted") {
                     let expression = parse_requirement(requirement).expect("accepted");
                     let (key, values): (&String, Vec<&String>) = match &expression {
-                        Expression::In(key, values) | Expression::NotIn(key, values) => {
+                        Requirement::In(key, values) | Requirement::NotIn(key, values) => {
                             (key, values.iter().collect())
                         }
-                        Expression::Equal(key, value) | Expression::NotEqual(key, value) => {
+                        Requirement::Equal(key, value) | Requirement::NotEqual(key, value) => {
                             (key, vec![value])
                         }
-                        Expression::Exists(key) | Expression::DoesNotExist(key) => (key, vec![]),
+                        Requirement::Exists(key) | Requirement::DoesNotExist(key) => (key, vec![]),
                     };
                     prop_assert!(valid_key(key), "key {:?} of {:?} accepted", key, text);
                     for value in values {

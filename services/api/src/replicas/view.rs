@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use kube::core::SelectorExt;
 use setpoint_core::DeploymentKey;
 use setpoint_k8s_api::resource::Reason;
 use setpoint_k8s_api::{ReplicaSetpoint, setpoint_version};
@@ -45,16 +44,12 @@ pub struct DeploymentView {
 }
 
 impl DeploymentView {
-    /// How the Deployment `key`, with its row and setpoint, looks to a caller.
-    pub fn of(
-        key: DeploymentKey,
-        deployment: &DeploymentRow,
-        setpoint: Option<&ReplicaSetpoint>,
-    ) -> Self {
+    /// How a Deployment, with its row and setpoint, looks to a caller.
+    pub fn of(deployment: &DeploymentRow, setpoint: Option<&ReplicaSetpoint>) -> Self {
         let (state, message) = reconcile_state(deployment, setpoint);
         Self {
-            key,
-            uid: deployment.uid.clone(),
+            key: deployment.key.clone(),
+            uid: deployment.uid.to_string(),
             spec_replicas: deployment.spec_replicas,
             ready_replicas: deployment.ready_replicas,
             available_replicas: deployment.available_replicas,
@@ -74,7 +69,7 @@ fn reconcile_state(
     let Some(setpoint) = setpoint else {
         return (ReconcileState::Unmanaged, String::new());
     };
-    if deployment.uid != setpoint.spec.deployment_uid {
+    if *deployment.uid != setpoint.spec.deployment_uid {
         return (
             ReconcileState::TargetReplaced,
             "the setpoint was made for an earlier Deployment with this name; set replicas \
@@ -116,25 +111,24 @@ pub struct ListQuery {
 
 /// One page of `deployments` in (namespace, name) order, and the key to continue after
 /// when more match. Visits only the namespaces the query and scope allow, from the
-/// cursor on.
+/// cursor on, and with a selector that requires labels, only the rows carrying them.
 pub fn list_page(
     deployments: &Deployments,
     query: &ListQuery,
-) -> (
-    Vec<(DeploymentKey, Arc<DeploymentRow>)>,
-    Option<DeploymentKey>,
-) {
+) -> (Vec<Arc<DeploymentRow>>, Option<DeploymentKey>) {
     let namespaces = query.query.namespaces();
+    let selector = &query.query.selector;
     let mut page = deployments.scan(
         namespaces.as_ref(),
         query.after.as_ref(),
         query.page_size + 1,
-        |deployment| query.query.selector.matches(&deployment.labels),
+        &selector.required_labels(),
+        |deployment| selector.matches(&deployment.labels),
     );
     let more = page.len() > query.page_size;
     page.truncate(query.page_size);
     let next = more
-        .then(|| page.last().map(|(key, _)| key.clone()))
+        .then(|| page.last().map(|row| row.key.clone()))
         .flatten();
     (page, next)
 }
@@ -147,7 +141,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use kube::api::ObjectMeta;
     use kube::runtime::watcher::Event;
-    use setpoint_k8s_api::{ReplicaSetpointSpec, ReplicaSetpointStatus, key_of};
+    use setpoint_k8s_api::{ReplicaSetpointSpec, ReplicaSetpointStatus};
 
     use setpoint_core::Scope;
 
@@ -179,8 +173,8 @@ mod tests {
         index
     }
 
-    fn row(deployment: &Deployment) -> (DeploymentKey, DeploymentRow) {
-        (key_of(deployment), DeploymentRow::from(deployment))
+    fn row(deployment: &Deployment) -> DeploymentRow {
+        DeploymentRow::from(deployment)
     }
 
     fn query(namespace: &str, selector: &str, page_size: usize) -> ListQuery {
@@ -196,8 +190,8 @@ mod tests {
         }
     }
 
-    fn names(page: &[(DeploymentKey, Arc<DeploymentRow>)]) -> Vec<String> {
-        page.iter().map(|(key, _)| key.to_string()).collect()
+    fn names(page: &[Arc<DeploymentRow>]) -> Vec<String> {
+        page.iter().map(|row| row.key.to_string()).collect()
     }
 
     #[test]
@@ -281,10 +275,8 @@ mod tests {
 
     #[test]
     fn reconcile_state_follows_the_setpoint_status() {
-        let (key, web) = row(&deployment("a", "web", "web"));
-        let state = |setpoint: Option<&ReplicaSetpoint>| {
-            DeploymentView::of(key.clone(), &web, setpoint).state
-        };
+        let web = row(&deployment("a", "web", "web"));
+        let state = |setpoint: Option<&ReplicaSetpoint>| DeploymentView::of(&web, setpoint).state;
         assert_eq!(state(None), ReconcileState::Unmanaged);
         assert_eq!(
             state(Some(&setpoint("uid-web", 1, None))),
@@ -335,13 +327,13 @@ mod tests {
 
     #[test]
     fn replicas_report_spec_desired_and_version() {
-        let (key, web) = row(&deployment("a", "web", "web"));
-        let answer = DeploymentView::of(key.clone(), &web, Some(&setpoint("uid-web", 3, None)));
+        let web = row(&deployment("a", "web", "web"));
+        let answer = DeploymentView::of(&web, Some(&setpoint("uid-web", 3, None)));
         assert_eq!(answer.spec_replicas, 2);
         assert_eq!(answer.desired_replicas, Some(5));
         assert_eq!(answer.version, "setpoint-uid/3");
         assert_eq!(answer.uid, "uid-web");
-        let unmanaged = DeploymentView::of(key, &web, None);
+        let unmanaged = DeploymentView::of(&web, None);
         assert_eq!(
             (unmanaged.desired_replicas, unmanaged.version),
             (None, String::new())

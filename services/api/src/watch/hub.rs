@@ -7,11 +7,13 @@
 //! reader makes the server buffer without bound. No watcher makes a request to the
 //! cluster.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use setpoint_core::{DeploymentKey, Error as Domain};
-use setpoint_k8s_index::Index;
+use setpoint_k8s_api::ReplicaSetpoint;
+use setpoint_k8s_index::{DeploymentRow, Index, Labels};
 use tokio::sync::broadcast;
 
 use crate::Error;
@@ -23,16 +25,27 @@ pub const HISTORY: usize = 4096;
 /// Changes a watcher may fall behind by before it is dropped.
 pub const FANOUT_BUFFER: usize = 1024;
 
-pub(crate) type Labels = Arc<BTreeMap<String, String>>;
+/// What the API shows about a Deployment is made of: its row and its setpoint, both
+/// shared with the index, so the hub's state costs a few pointers per Deployment.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub row: Arc<DeploymentRow>,
+    pub setpoint: Option<Arc<ReplicaSetpoint>>,
+}
+
+impl Source {
+    fn view(&self) -> DeploymentView {
+        DeploymentView::of(&self.row, self.setpoint.as_deref())
+    }
+}
 
 /// One change of what the API shows about a Deployment.
 #[derive(Debug)]
 pub struct Change {
     pub seq: u64,
-    /// The Deployment's view (with its key); for a deleted one, as last seen.
-    pub view: DeploymentView,
-    /// Its labels now (shared with the index); `None` once it is deleted.
-    pub labels: Option<Labels>,
+    /// The Deployment now; for a deleted one, as last seen.
+    pub source: Source,
+    pub deleted: bool,
     /// Its labels before this change; `None` if it did not exist.
     pub previous_labels: Option<Labels>,
     /// The view differs from the one before (not only the labels).
@@ -49,16 +62,26 @@ pub enum Seen {
 }
 
 impl Change {
+    pub fn key(&self) -> &DeploymentKey {
+        &self.source.row.key
+    }
+
+    /// What the API shows, built when a watcher sends it.
+    pub fn view(&self) -> DeploymentView {
+        self.source.view()
+    }
+
+    /// Its labels now; `None` once it is deleted.
+    fn labels(&self) -> Option<&Labels> {
+        (!self.deleted).then_some(&self.source.row.labels)
+    }
+
     /// Only what a watcher can see: a label change that neither brings the Deployment
     /// into its set nor takes it out is none.
     pub fn seen_by(&self, query: &Query) -> Option<Seen> {
-        let sees = |labels: Option<&Labels>| {
-            labels.is_some_and(|labels| query.sees(&self.view.key, labels))
-        };
-        match (
-            sees(self.previous_labels.as_ref()),
-            sees(self.labels.as_ref()),
-        ) {
+        let sees =
+            |labels: Option<&Labels>| labels.is_some_and(|labels| query.sees(self.key(), labels));
+        match (sees(self.previous_labels.as_ref()), sees(self.labels())) {
             (true, true) if !self.view_changed => None,
             (_, true) => Some(Seen::Changed),
             (true, false) => Some(Seen::Left),
@@ -77,12 +100,56 @@ pub struct Start {
     pub live: broadcast::Receiver<Arc<Change>>,
 }
 
+/// The latest change of a Deployment, found by its key (which its row holds).
+#[derive(Clone)]
+struct Latest(Arc<Change>);
+
+impl Borrow<DeploymentKey> for Latest {
+    fn borrow(&self) -> &DeploymentKey {
+        self.0.key()
+    }
+}
+
+impl PartialEq for Latest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl Eq for Latest {}
+
+impl PartialOrd for Latest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Latest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key().cmp(other.0.key())
+    }
+}
+
+/// The latest changes of `namespace` (of every namespace when empty), in key order.
+fn current_in<'a>(
+    current: &'a BTreeSet<Latest>,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a Latest> {
+    let from = DeploymentKey {
+        namespace: namespace.into(),
+        name: String::new(),
+    };
+    current
+        .range::<DeploymentKey, _>(from..)
+        .take_while(move |latest| namespace.is_empty() || latest.0.key().namespace == namespace)
+}
+
 #[derive(Default)]
 struct State {
     synced: bool,
     seq: u64,
     /// The latest change of every existing Deployment.
-    current: BTreeMap<DeploymentKey, Arc<Change>>,
+    current: BTreeSet<Latest>,
     history: VecDeque<Arc<Change>>,
 }
 
@@ -137,11 +204,16 @@ impl Hub {
             return;
         };
         let mut keys: Vec<DeploymentKey> = deployments
-            .scan(None, None, usize::MAX, |_| true)
+            .scan(None, None, usize::MAX, &[], |_| true)
             .into_iter()
-            .map(|(key, _)| key)
+            .map(|row| row.key.clone())
             .collect();
-        keys.extend(self.lock().current.keys().cloned());
+        keys.extend(
+            self.lock()
+                .current
+                .iter()
+                .map(|latest| latest.0.key().clone()),
+        );
         keys.sort();
         keys.dedup();
         keys.into_iter().for_each(|key| self.update(index, key));
@@ -152,47 +224,42 @@ impl Hub {
         let Ok(deployments) = index.deployments() else {
             return;
         };
-        let row = deployments.get(&key);
-        let now = row
-            .as_ref()
-            .map(|row| DeploymentView::of(key.clone(), row, index.setpoint(&key).as_deref()));
-        self.publish(key, now, row.map(|row| row.labels.clone()));
+        let now = deployments.get(&key).map(|row| Source {
+            row,
+            setpoint: index.setpoint(&key),
+        });
+        self.publish(&key, now);
     }
 
-    /// Records and sends a change if `now` (with `labels`) differs from the latest view
-    /// of `key`; `None`: it does not exist.
-    pub(super) fn publish(
-        &self,
-        key: DeploymentKey,
-        now: Option<DeploymentView>,
-        labels: Option<Labels>,
-    ) {
+    /// Records and sends a change if `now` (`None`: it does not exist) shows something
+    /// other than the latest change of `key`.
+    pub(super) fn publish(&self, key: &DeploymentKey, now: Option<Source>) {
         let mut state = self.lock();
-        let before = state.current.get(&key);
-        let view = match (now, before) {
-            (Some(now), Some(before))
-                if now == before.view && labels.as_ref() == before.labels.as_ref() =>
-            {
-                return;
+        let before = state.current.get(key).map(|latest| latest.0.clone());
+        let (source, deleted, view_changed) = match (now, &before) {
+            (Some(now), Some(before)) => {
+                let view_changed = now.view() != before.view();
+                if !view_changed && now.row.labels == before.source.row.labels {
+                    return;
+                }
+                (now, false, view_changed)
             }
-            (Some(now), _) => now,
-            (None, Some(before)) => before.view.clone(),
+            (Some(now), None) => (now, false, true),
+            (None, Some(before)) => (before.source.clone(), true, true),
             (None, None) => return,
         };
-        let previous_labels = before.and_then(|before| before.labels.clone());
-        let view_changed = before.is_none_or(|before| before.view != view);
         state.seq += 1;
         let change = Arc::new(Change {
             seq: state.seq,
-            view,
-            labels,
-            previous_labels,
+            source,
+            deleted,
+            previous_labels: before.map(|before| before.source.row.labels.clone()),
             view_changed,
         });
-        if change.labels.is_some() {
-            state.current.insert(key, change.clone());
+        if deleted {
+            state.current.remove(key);
         } else {
-            state.current.remove(&key);
+            state.current.replace(Latest(change.clone()));
         }
         state.history.push_back(change.clone());
         if state.history.len() > HISTORY {
@@ -211,14 +278,9 @@ impl Hub {
         let live = self.fanout.subscribe();
         if resume_token.is_empty() {
             return Ok(Start {
-                replay: state
-                    .current
-                    .values()
-                    .filter(|change| {
-                        (change.labels.as_ref())
-                            .is_some_and(|labels| query.sees(&change.view.key, labels))
-                    })
-                    .cloned()
+                replay: current_in(&state.current, &query.namespace)
+                    .filter(|latest| query.sees(latest.0.key(), &latest.0.source.row.labels))
+                    .map(|latest| latest.0.clone())
                     .collect(),
                 snapshot: true,
                 seq: state.seq,
@@ -278,40 +340,32 @@ pub(crate) mod tests {
     use setpoint_core::Scope;
 
     use super::*;
-    use crate::replicas::view::ReconcileState;
 
     pub(crate) fn key(name: &str) -> DeploymentKey {
         DeploymentKey::new("a", name).expect("valid key")
     }
 
-    pub(crate) fn view_of(name: &str, replicas: i32) -> DeploymentView {
-        DeploymentView {
+    /// Deployment `a/<name>` with `replicas` and `labels`, without a setpoint.
+    pub(crate) fn deployment(name: &str, replicas: i32, labels: &[(&str, &str)]) -> Option<Source> {
+        let row = DeploymentRow {
             key: key(name),
-            uid: format!("uid-{name}"),
+            uid: format!("uid-{name}").into(),
+            resource_version: "1".into(),
+            labels: labels.iter().copied().collect(),
             spec_replicas: replicas,
             ready_replicas: 0,
             available_replicas: 0,
             updated_replicas: 0,
-            desired_replicas: None,
-            state: ReconcileState::Unmanaged,
-            message: String::new(),
-            version: String::new(),
-        }
+        };
+        Some(Source {
+            row: Arc::new(row),
+            setpoint: None,
+        })
     }
 
-    pub(crate) fn labels(app: &str) -> Option<Labels> {
-        Some(Arc::new(BTreeMap::from([(
-            "app".to_string(),
-            app.to_string(),
-        )])))
-    }
-
-    /// `app=web` and an unrelated label.
-    fn web_and_more() -> Option<Labels> {
-        Some(Arc::new(BTreeMap::from([
-            ("app".to_string(), "web".to_string()),
-            ("unrelated".to_string(), "label".to_string()),
-        ])))
+    /// Labelled `app=<app>`.
+    pub(crate) fn app(name: &str, replicas: i32, app: &str) -> Option<Source> {
+        deployment(name, replicas, &[("app", app)])
     }
 
     pub(crate) fn synced() -> Hub {
@@ -332,23 +386,23 @@ pub(crate) mod tests {
     #[test]
     fn only_visible_changes_are_published() {
         let changes = synced();
-        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
-        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
-        changes.publish(key("absent"), None, None);
+        changes.publish(&key("web"), app("web", 1, "web"));
+        changes.publish(&key("web"), app("web", 1, "web"));
+        changes.publish(&key("absent"), None);
         assert_eq!(
             changes.lock().seq,
             1,
             "the same view twice, or nothing, is no change"
         );
-        changes.publish(key("web"), Some(view_of("web", 2)), labels("web"));
-        changes.publish(key("web"), Some(view_of("web", 2)), labels("other"));
-        changes.publish(key("web"), None, None);
+        changes.publish(&key("web"), app("web", 2, "web"));
+        changes.publish(&key("web"), app("web", 2, "other"));
+        changes.publish(&key("web"), None);
         let state = changes.lock();
         assert_eq!(state.seq, 4);
         assert!(state.current.is_empty());
         let deleted = state.history.back().expect("the deletion");
         assert_eq!(
-            deleted.view.spec_replicas, 2,
+            deleted.source.row.spec_replicas, 2,
             "a deletion shows the last view"
         );
     }
@@ -357,13 +411,16 @@ pub(crate) mod tests {
     fn a_selector_sees_deployments_enter_and_leave() {
         let changes = synced();
         let web = query("app=web");
-        changes.publish(key("x"), Some(view_of("x", 1)), labels("api"));
-        changes.publish(key("x"), Some(view_of("x", 1)), labels("web"));
-        changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
-        changes.publish(key("x"), Some(view_of("x", 2)), labels("api"));
-        changes.publish(key("x"), Some(view_of("x", 2)), labels("web"));
-        changes.publish(key("x"), Some(view_of("x", 2)), web_and_more());
-        changes.publish(key("x"), None, None);
+        changes.publish(&key("x"), app("x", 1, "api"));
+        changes.publish(&key("x"), app("x", 1, "web"));
+        changes.publish(&key("x"), app("x", 2, "web"));
+        changes.publish(&key("x"), app("x", 2, "api"));
+        changes.publish(&key("x"), app("x", 2, "web"));
+        changes.publish(
+            &key("x"),
+            deployment("x", 2, &[("app", "web"), ("unrelated", "label")]),
+        );
+        changes.publish(&key("x"), None);
         let seen: Vec<Option<Seen>> = changes
             .lock()
             .history
@@ -388,18 +445,17 @@ pub(crate) mod tests {
     fn the_current_state_is_what_matches_now() {
         let changes = synced();
         let web = query("app=web");
-        changes.publish(key("kept"), Some(view_of("kept", 1)), labels("web"));
+        changes.publish(&key("kept"), app("kept", 1, "web"));
         // Its last change touched only a label: still in the state.
-        changes.publish(key("kept"), Some(view_of("kept", 1)), web_and_more());
+        changes.publish(
+            &key("kept"),
+            deployment("kept", 1, &[("app", "web"), ("unrelated", "label")]),
+        );
         // Its last change took it out of the selector: not in the state.
-        changes.publish(key("left"), Some(view_of("left", 1)), labels("web"));
-        changes.publish(key("left"), Some(view_of("left", 1)), labels("api"));
+        changes.publish(&key("left"), app("left", 1, "web"));
+        changes.publish(&key("left"), app("left", 1, "api"));
         let start = changes.start(&web, "").expect("start");
-        let keys: Vec<String> = start
-            .replay
-            .iter()
-            .map(|c| c.view.key.to_string())
-            .collect();
+        let keys: Vec<String> = start.replay.iter().map(|c| c.key().to_string()).collect();
         assert_eq!(keys, ["a/kept"]);
     }
 
@@ -412,23 +468,19 @@ pub(crate) mod tests {
             "not before the first sync"
         );
         changes.lock().synced = true;
-        changes.publish(key("web"), Some(view_of("web", 1)), labels("web"));
-        changes.publish(key("db"), Some(view_of("db", 1)), labels("db"));
+        changes.publish(&key("web"), app("web", 1, "web"));
+        changes.publish(&key("db"), app("db", 1, "db"));
         let start = changes.start(&all, "").expect("start");
         assert!(start.snapshot);
-        let keys: Vec<String> = start
-            .replay
-            .iter()
-            .map(|c| c.view.key.to_string())
-            .collect();
+        let keys: Vec<String> = start.replay.iter().map(|c| c.key().to_string()).collect();
         assert_eq!(keys, ["a/db", "a/web"], "in key order");
         let token = changes.token(start.seq, "f");
 
-        changes.publish(key("web"), Some(view_of("web", 5)), labels("web"));
+        changes.publish(&key("web"), app("web", 5, "web"));
         let resumed = changes.start(&all, &token).expect("resume");
         assert!(!resumed.snapshot);
         assert_eq!(resumed.replay.len(), 1);
-        assert_eq!(resumed.replay[0].view.spec_replicas, 5);
+        assert_eq!(resumed.replay[0].source.row.spec_replicas, 5);
 
         for (bad, expected) in [
             ("garbage", Domain::InvalidResumeToken),
@@ -453,7 +505,7 @@ pub(crate) mod tests {
         let all = query("");
         let token = changes.token(0, "f");
         for replicas in 0..=HISTORY as i32 {
-            changes.publish(key("web"), Some(view_of("web", replicas)), labels("web"));
+            changes.publish(&key("web"), app("web", replicas, "web"));
         }
         assert!(matches!(
             changes.start(&all, &token),

@@ -112,7 +112,7 @@ impl Watchers {
         let token = |seq| self.hub.token(seq, &query.fingerprint);
         let event = |kind, change: &Change, resume_token| WatchEvent {
             kind,
-            view: Some(change.view.clone()),
+            view: Some(change.view()),
             resume_token,
         };
         let seen = |change: &Change| match change.seen_by(query) {
@@ -196,7 +196,7 @@ mod tests {
     use setpoint_core::{ClientIdentity, Scope};
 
     use super::*;
-    use crate::watch::hub::tests::{key, labels, synced, view_of};
+    use crate::watch::hub::tests::{app, key, synced};
 
     fn watchers(hub: &Hub) -> (Watchers, tokio::sync::watch::Sender<bool>) {
         let policy =
@@ -222,7 +222,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_dropped_with_its_place_to_resume() {
         let changes = synced();
-        changes.publish(key("web"), Some(view_of("web", 0)), labels("web"));
+        changes.publish(&key("web"), app("web", 0, "web"));
         let (watchers, _stop) = watchers(&changes);
         let mut events = watchers
             .watch(viewer(), WatchRequest::default(), None)
@@ -230,7 +230,7 @@ mod tests {
         // The watcher reads nothing while more changes come than its queue and the
         // fan-out buffer hold.
         for replicas in 1..=(WATCH_BUFFER + FANOUT_BUFFER + 10) as i32 {
-            changes.publish(key("web"), Some(view_of("web", replicas)), labels("web"));
+            changes.publish(&key("web"), app("web", replicas, "web"));
             tokio::task::yield_now().await;
         }
         let mut received = Vec::new();

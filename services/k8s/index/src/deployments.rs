@@ -1,7 +1,7 @@
 //! Deployments in (namespace, name) order, trimmed to the fields answers and reconciles
-//! use ([`DeploymentRow`]).
+//! use ([`DeploymentRow`]), with the rows of each label pair for selectors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
@@ -9,18 +9,21 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 use setpoint_core::DeploymentKey;
-use setpoint_k8s_api::spec_replicas;
+use setpoint_k8s_api::{key_of, spec_replicas};
 
+use crate::labels::Labels;
+use crate::postings::LabelIndex;
 use crate::table::{Names, Table, read, write};
 
 /// What Setpoint keeps of a Deployment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeploymentRow {
-    pub uid: String,
+    pub key: DeploymentKey,
+    pub uid: Box<str>,
     /// Guards the reconciler's scale write.
-    pub resource_version: String,
+    pub resource_version: Box<str>,
     /// For label selectors; shared with WatchDeployments' changes.
-    pub labels: Arc<BTreeMap<String, String>>,
+    pub labels: Labels,
     pub spec_replicas: i32,
     pub ready_replicas: i32,
     pub available_replicas: i32,
@@ -29,30 +32,45 @@ pub struct DeploymentRow {
 
 impl From<&Deployment> for DeploymentRow {
     fn from(deployment: &Deployment) -> Self {
-        let status = deployment.status.clone().unwrap_or_default();
+        let status = deployment.status.as_ref();
+        let count = |field: fn(&_) -> Option<i32>| status.and_then(field).unwrap_or(0);
         Self {
-            uid: deployment.uid().unwrap_or_default(),
-            resource_version: deployment.resource_version().unwrap_or_default(),
-            labels: Arc::new(deployment.labels().clone()),
+            key: key_of(deployment),
+            uid: deployment
+                .metadata
+                .uid
+                .as_deref()
+                .unwrap_or_default()
+                .into(),
+            resource_version: (deployment.metadata.resource_version.as_deref())
+                .unwrap_or_default()
+                .into(),
+            labels: Labels::from(deployment.labels()),
             spec_replicas: spec_replicas(deployment),
-            ready_replicas: status.ready_replicas.unwrap_or(0),
-            available_replicas: status.available_replicas.unwrap_or(0),
-            updated_replicas: status.updated_replicas.unwrap_or(0),
+            ready_replicas: count(|status| status.ready_replicas),
+            available_replicas: count(|status| status.available_replicas),
+            updated_replicas: count(|status| status.updated_replicas),
         }
     }
 }
 
+#[derive(Default)]
+struct DeploymentTable {
+    rows: Table<Arc<DeploymentRow>>,
+    by_label: LabelIndex,
+}
+
 /// Deployments in (namespace, name) order.
 #[derive(Clone, Default)]
-pub struct Deployments(Arc<RwLock<Table<Arc<DeploymentRow>>>>);
+pub struct Deployments(Arc<RwLock<DeploymentTable>>);
 
 impl Deployments {
     pub fn get(&self, key: &DeploymentKey) -> Option<Arc<DeploymentRow>> {
-        read(&self.0).get(key).cloned()
+        read(&self.0).rows.get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
-        read(&self.0).len
+        read(&self.0).rows.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,61 +78,82 @@ impl Deployments {
     }
 
     /// Up to `limit` rows in key order after `after`, in `namespaces` (every namespace
-    /// when `None`), that `keep` accepts. Visits only rows of those namespaces from the
-    /// cursor on, until the page is full.
+    /// when `None`), carrying every label of `required` (`(key, value)` pairs), that
+    /// `keep` accepts. Visits only rows of those namespaces from the cursor on, or, with
+    /// required labels, only the rows of the rarest, until the page is full.
     pub fn scan(
         &self,
         namespaces: Option<&BTreeSet<String>>,
         after: Option<&DeploymentKey>,
         limit: usize,
+        required: &[(&str, &str)],
         keep: impl Fn(&DeploymentRow) -> bool,
-    ) -> Vec<(DeploymentKey, Arc<DeploymentRow>)> {
+    ) -> Vec<Arc<DeploymentRow>> {
         let table = read(&self.0);
-        let first = after.map_or(Bound::Unbounded, |after| {
-            Bound::Included(after.namespace.as_str())
-        });
-        let visited: Box<dyn Iterator<Item = (&String, &Names<Arc<DeploymentRow>>)>> =
-            match namespaces {
-                None => Box::new(table.namespaces.range::<str, _>((first, Bound::Unbounded))),
-                Some(namespaces) => Box::new(
-                    namespaces
-                        .range::<str, _>((first, Bound::Unbounded))
-                        .filter_map(|namespace| table.namespaces.get_key_value(namespace)),
-                ),
+        let in_namespaces =
+            |row: &DeploymentRow| namespaces.is_none_or(|set| set.contains(&row.key.namespace));
+        let keep = |row: &&Arc<DeploymentRow>| in_namespaces(row) && keep(row);
+        if !required.is_empty() {
+            let Some(rows) = table.by_label.rarest(required) else {
+                return Vec::new();
             };
-        visited
-            .flat_map(|(namespace, names)| {
-                // After the cursor in its namespace; from the first name in the next.
-                let start = match after {
-                    Some(after) if after.namespace == *namespace => {
-                        Bound::Excluded(after.name.as_str())
-                    }
-                    _ => Bound::Unbounded,
-                };
-                names
-                    .range::<str, _>((start, Bound::Unbounded))
-                    .map(move |(name, (_, row))| (namespace, name, row))
-            })
-            .filter(|(_, _, row)| keep(row))
+            let first = after.map_or(0, |after| rows.partition_point(|row| row.key <= *after));
+            return rows[first..]
+                .iter()
+                .filter(keep)
+                .take(limit)
+                .cloned()
+                .collect();
+        }
+        rows_from(&table.rows, namespaces, after)
+            .filter(keep)
             .take(limit)
-            .map(|(namespace, name, row)| {
-                let key = DeploymentKey {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                };
-                (key, row.clone())
-            })
+            .cloned()
             .collect()
     }
 
     /// Applies a watch event; returns the Deployments whose rows changed.
     pub fn apply(&self, event: Event<Deployment>) -> Vec<DeploymentKey> {
-        write(&self.0)
-            .apply(event, |deployment| {
-                Arc::new(DeploymentRow::from(deployment))
-            })
+        let mut table = write(&self.0);
+        let changes = table.rows.apply(event, |deployment| {
+            Arc::new(DeploymentRow::from(deployment))
+        });
+        changes
             .into_iter()
-            .map(|(key, _, _)| key)
+            .map(|(key, old, new)| {
+                table.by_label.update(old.as_deref(), new.as_ref());
+                key
+            })
             .collect()
     }
+}
+
+/// The rows of `namespaces` (every namespace when `None`) in key order after `after`.
+fn rows_from<'a>(
+    rows: &'a Table<Arc<DeploymentRow>>,
+    namespaces: Option<&'a BTreeSet<String>>,
+    after: Option<&'a DeploymentKey>,
+) -> impl Iterator<Item = &'a Arc<DeploymentRow>> {
+    let first = after.map_or(Bound::Unbounded, |after| {
+        Bound::Included(after.namespace.as_str())
+    });
+    let visited: Box<dyn Iterator<Item = (&String, &Names<Arc<DeploymentRow>>)>> = match namespaces
+    {
+        None => Box::new(rows.namespaces.range::<str, _>((first, Bound::Unbounded))),
+        Some(namespaces) => Box::new(
+            namespaces
+                .range::<str, _>((first, Bound::Unbounded))
+                .filter_map(|namespace| rows.namespaces.get_key_value(namespace)),
+        ),
+    };
+    visited.flat_map(move |(namespace, names)| {
+        // After the cursor in its namespace; from the first name in the next.
+        let start = match after {
+            Some(after) if after.namespace == *namespace => Bound::Excluded(after.name.as_str()),
+            _ => Bound::Unbounded,
+        };
+        names
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, (_, row))| row)
+    })
 }

@@ -9,7 +9,9 @@
 
 mod autoscalers;
 mod deployments;
+mod labels;
 pub mod metrics;
+mod postings;
 mod setpoints;
 mod table;
 mod watches;
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 
 pub use autoscalers::Autoscalers;
 pub use deployments::{DeploymentRow, Deployments};
+pub use labels::Labels;
 pub use metrics::IndexMetrics;
 pub use setpoints::SetpointWriter;
 
@@ -234,8 +237,8 @@ mod tests {
         DeploymentKey::new(namespace, name).expect("valid key")
     }
 
-    fn keys(rows: &[(DeploymentKey, Arc<DeploymentRow>)]) -> Vec<String> {
-        rows.iter().map(|(key, _)| key.to_string()).collect()
+    fn keys(rows: &[Arc<DeploymentRow>]) -> Vec<String> {
+        rows.iter().map(|row| row.key.to_string()).collect()
     }
 
     fn index(keys: &[&str]) -> Deployments {
@@ -250,13 +253,19 @@ mod tests {
     fn a_scan_starts_after_the_cursor_and_stays_in_its_namespaces() {
         let index = index(&["b/x", "a/z", "a/y", "c/w", "a/x", "d/v"]);
         let all = |after: Option<&str>, limit| {
-            keys(&index.scan(None, after.map(key).as_ref(), limit, |_| true))
+            keys(&index.scan(None, after.map(key).as_ref(), limit, &[], |_| true))
         };
         assert_eq!(all(None, 10), ["a/x", "a/y", "a/z", "b/x", "c/w", "d/v"]);
         assert_eq!(all(Some("a/y"), 2), ["a/z", "b/x"]);
         let namespaces: BTreeSet<String> = ["a".into(), "c".into()].into();
         let some = |after: Option<&str>, limit| {
-            keys(&index.scan(Some(&namespaces), after.map(key).as_ref(), limit, |_| true))
+            keys(&index.scan(
+                Some(&namespaces),
+                after.map(key).as_ref(),
+                limit,
+                &[],
+                |_| true,
+            ))
         };
         assert_eq!(some(None, 10), ["a/x", "a/y", "a/z", "c/w"]);
         assert_eq!(some(Some("a/z"), 10), ["c/w"]);
@@ -266,8 +275,57 @@ mod tests {
             "a cursor between namespaces"
         );
         assert_eq!(some(Some("c/w"), 10), Vec::<String>::new());
-        let odd = index.scan(None, None, 10, |row| row.labels["app"] != "x");
+        let odd = index.scan(None, None, 10, &[], |row| {
+            row.labels.get("app") != Some("x")
+        });
         assert_eq!(keys(&odd), ["a/y", "a/z", "c/w", "d/v"]);
+    }
+
+    #[test]
+    fn a_page_with_required_labels_visits_only_the_rows_carrying_them() {
+        let index = Deployments::default();
+        for n in 0..1000 {
+            let mut deployment = deployment(&format!("n{}/d{n:04}", n % 3), 1);
+            let labels = deployment.metadata.labels.get_or_insert_default();
+            labels.insert("tier".into(), format!("t{}", n % 100));
+            labels.insert("rare".into(), (n % 500 == 7).to_string());
+            index.apply(Event::Apply(deployment));
+        }
+        let visited = std::cell::Cell::new(0);
+        let page = |after: Option<&str>, required: &[(&str, &str)]| {
+            let rows = index.scan(None, after.map(key).as_ref(), 10, required, |_| {
+                visited.set(visited.get() + 1);
+                true
+            });
+            keys(&rows)
+        };
+        assert_eq!(
+            page(None, &[("tier", "t7"), ("rare", "true")]),
+            ["n0/d0507", "n1/d0007"]
+        );
+        assert_eq!(visited.replace(0), 2, "only the rarest label's rows");
+        assert_eq!(page(Some("n0/d0507"), &[("rare", "true")]), ["n1/d0007"]);
+        assert_eq!(page(None, &[("rare", "maybe")]), Vec::<String>::new());
+        assert_eq!(visited.replace(0), 1);
+
+        // The entries follow the rows: a relabelled, a deleted and a swept row leave.
+        let mut relabelled = deployment("n1/d0007", 1);
+        relabelled
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("rare".into(), "no".into());
+        index.apply(Event::Apply(relabelled));
+        assert_eq!(page(None, &[("rare", "true")]), ["n0/d0507"]);
+        assert_eq!(page(None, &[("rare", "no")]), ["n1/d0007"]);
+        index.apply(Event::Delete(deployment("n0/d0507", 1)));
+        assert_eq!(page(None, &[("rare", "true")]), Vec::<String>::new());
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(deployment("n0/d0000", 2)));
+        index.apply(Event::InitDone);
+        assert_eq!(page(None, &[("app", "d0000")]), ["n0/d0000"]);
+        assert_eq!(page(None, &[("rare", "no")]), Vec::<String>::new());
+        assert_eq!(page(None, &[("tier", "t0")]), Vec::<String>::new());
     }
 
     #[test]
@@ -285,7 +343,10 @@ mod tests {
         );
         assert_eq!(index.len(), 3, "the old rows answer until the relist ends");
         assert_eq!(index.apply(Event::InitDone), [key("a/z")]);
-        assert_eq!(keys(&index.scan(None, None, 10, |_| true)), ["a/x", "a/y"]);
+        assert_eq!(
+            keys(&index.scan(None, None, 10, &[], |_| true)),
+            ["a/x", "a/y"]
+        );
         assert_eq!(index.get(&key("a/y")).map(|row| row.spec_replicas), Some(4));
         assert_eq!(
             index.apply(Event::Delete(deployment("a/x", 1))),
