@@ -6,11 +6,12 @@ use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::ResourceExt;
+use kube::Resource;
 use kube::runtime::watcher::Event;
 use setpoint_core::DeploymentKey;
-use setpoint_k8s_api::{key_of, spec_replicas};
+use setpoint_k8s_api::key_of;
 
+use crate::fields::DeploymentFields;
 use crate::labels::Labels;
 use crate::postings::LabelIndex;
 use crate::table::{Names, Table, read, write};
@@ -30,27 +31,33 @@ pub struct DeploymentRow {
     pub updated_replicas: i32,
 }
 
-impl From<&Deployment> for DeploymentRow {
-    fn from(deployment: &Deployment) -> Self {
-        let status = deployment.status.as_ref();
-        let count = |field: fn(&_) -> Option<i32>| status.and_then(field).unwrap_or(0);
+impl From<&DeploymentFields> for DeploymentRow {
+    fn from(deployment: &DeploymentFields) -> Self {
+        let metadata = &deployment.metadata;
         Self {
             key: key_of(deployment),
-            uid: deployment
-                .metadata
-                .uid
+            uid: metadata.uid.as_deref().unwrap_or_default().into(),
+            resource_version: metadata
+                .resource_version
                 .as_deref()
                 .unwrap_or_default()
                 .into(),
-            resource_version: (deployment.metadata.resource_version.as_deref())
-                .unwrap_or_default()
-                .into(),
-            labels: Labels::from(deployment.labels()),
-            spec_replicas: spec_replicas(deployment),
-            ready_replicas: count(|status| status.ready_replicas),
-            available_replicas: count(|status| status.available_replicas),
-            updated_replicas: count(|status| status.updated_replicas),
+            labels: metadata
+                .labels
+                .as_ref()
+                .map(Labels::from)
+                .unwrap_or_default(),
+            spec_replicas: deployment.spec_replicas,
+            ready_replicas: deployment.ready_replicas,
+            available_replicas: deployment.available_replicas,
+            updated_replicas: deployment.updated_replicas,
         }
+    }
+}
+
+impl From<&Deployment> for DeploymentRow {
+    fn from(deployment: &Deployment) -> Self {
+        Self::from(&DeploymentFields::from(deployment))
     }
 }
 
@@ -112,8 +119,12 @@ impl Deployments {
             .collect()
     }
 
-    /// Applies a watch event; returns the Deployments whose rows changed.
-    pub fn apply(&self, event: Event<Deployment>) -> Vec<DeploymentKey> {
+    /// Applies a watch event (of the watch's [`DeploymentFields`], or of whole
+    /// Deployments in tests); returns the Deployments whose rows changed.
+    pub fn apply<K: Resource>(&self, event: Event<K>) -> Vec<DeploymentKey>
+    where
+        for<'a> DeploymentRow: From<&'a K>,
+    {
         let mut table = write(&self.0);
         let changes = table.rows.apply(event, |deployment| {
             Arc::new(DeploymentRow::from(deployment))

@@ -9,6 +9,7 @@
 
 mod autoscalers;
 mod deployments;
+mod fields;
 mod labels;
 pub mod metrics;
 mod postings;
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 
 pub use autoscalers::Autoscalers;
 pub use deployments::{DeploymentRow, Deployments};
+pub use fields::DeploymentFields;
 pub use labels::Labels;
 pub use metrics::IndexMetrics;
 pub use setpoints::SetpointWriter;
@@ -72,7 +74,7 @@ impl Index {
         };
         let deployments = index.deployments.clone();
         watches.start(
-            Api::<Deployment>::all(client.clone()),
+            Api::<DeploymentFields>::all(client.clone()),
             "deployments",
             move |event| (deployments.apply(event), deployments.len()),
             tasks,
@@ -320,9 +322,9 @@ mod tests {
         assert_eq!(page(None, &[("rare", "no")]), ["n1/d0007"]);
         index.apply(Event::Delete(deployment("n0/d0507", 1)));
         assert_eq!(page(None, &[("rare", "true")]), Vec::<String>::new());
-        index.apply(Event::Init);
+        index.apply(Event::<Deployment>::Init);
         index.apply(Event::InitApply(deployment("n0/d0000", 2)));
-        index.apply(Event::InitDone);
+        index.apply(Event::<Deployment>::InitDone);
         assert_eq!(page(None, &[("app", "d0000")]), ["n0/d0000"]);
         assert_eq!(page(None, &[("rare", "no")]), Vec::<String>::new());
         assert_eq!(page(None, &[("tier", "t0")]), Vec::<String>::new());
@@ -331,7 +333,10 @@ mod tests {
     #[test]
     fn a_relist_keeps_answering_and_sweeps_what_it_did_not_see() {
         let index = index(&["a/x", "a/y", "a/z"]);
-        assert_eq!(index.apply(Event::Init), Vec::<DeploymentKey>::new());
+        assert_eq!(
+            index.apply(Event::<Deployment>::Init),
+            Vec::<DeploymentKey>::new()
+        );
         assert_eq!(
             index.apply(Event::InitApply(deployment("a/x", 1))),
             Vec::<DeploymentKey>::new(),
@@ -342,7 +347,7 @@ mod tests {
             [key("a/y")]
         );
         assert_eq!(index.len(), 3, "the old rows answer until the relist ends");
-        assert_eq!(index.apply(Event::InitDone), [key("a/z")]);
+        assert_eq!(index.apply(Event::<Deployment>::InitDone), [key("a/z")]);
         assert_eq!(
             keys(&index.scan(None, None, 10, &[], |_| true)),
             ["a/x", "a/y"]
