@@ -67,12 +67,14 @@ else
 	$(CARGO) test --workspace --locked
 endif
 
-# BENCH_ARGS, for example `--deployments 500 --calls 5000`: see `setpoint-bench --help`.
+# BENCH_ARGS, for example `--deployments 500 --calls 5000`, or
+# `--deployments 1000,10000,100000` to measure the count the goals are set at (it takes
+# much longer): see `setpoint-bench --help`.
 BENCH_ARGS ?=
 SETPOINT_BENCH = ghz=$$(tools/bench/build.sh) && target/release/setpoint-bench \
   --api-bin target/release/setpoint-api --ghz "$$ghz" $(BENCH_ARGS)
 .PHONY: bench
-bench: controlplane ## Release build; 1,000 vs 10,000 Deployments: reads (ghz), CPU per call, memory, writes → docs/benchmarks.md
+bench: controlplane ## Release build; 1,000 vs 10,000 Deployments (default; make bench BENCH_ARGS="--deployments 1000,10000,100000" measures 100,000 too): reads (ghz), CPU per call, memory, start-up, 10,000 watchers, writes → docs/benchmarks.md
 	$(CARGO) build --release --locked --bins
 	$(SETPOINT_BENCH) --output docs/benchmarks.md
 

@@ -1,4 +1,7 @@
-//! The Setpoint gRPC API (`setpoint.v1`), generated at build time from `protos/`.
+//! The Setpoint gRPC API (`setpoint.v1`), generated at build time from `protos/`, with
+//! the codec its stubs use.
+
+pub mod codec;
 
 pub mod v1 {
     tonic::include_proto!("setpoint.v1");

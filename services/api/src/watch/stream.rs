@@ -20,8 +20,9 @@ use crate::watch::limits::WatchLimits;
 
 /// The method whose permission a watcher keeps needing.
 const WATCH_METHOD: &str = "/setpoint.v1.ReplicaService/WatchDeployments";
-/// Messages queued for one watcher's connection.
-const WATCH_BUFFER: usize = 64;
+/// Messages queued for one watcher's connection: a few, since the watch's task builds
+/// the next one as soon as there is room, and every watcher holds its queue.
+const WATCH_BUFFER: usize = 8;
 /// How often a watcher's access is checked against the current policy.
 const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -43,13 +44,20 @@ pub enum EventKind {
     Deleted,
 }
 
-/// One message of a watch.
+/// One message of a watch: small, because every watcher queues a few.
 #[derive(Debug)]
 pub struct WatchEvent {
     pub kind: EventKind,
-    /// `None` for [`EventKind::Synced`].
-    pub view: Option<DeploymentView>,
+    /// The Deployment's change; `None` for [`EventKind::Synced`].
+    pub change: Option<Arc<Change>>,
     pub resume_token: String,
+}
+
+impl WatchEvent {
+    /// What the API shows of the Deployment, built as the message is sent.
+    pub fn view(&self) -> Option<DeploymentView> {
+        self.change.as_deref().map(Change::view)
+    }
 }
 
 /// Everything watchers share.
@@ -110,12 +118,12 @@ impl Watchers {
             mut live,
         } = start;
         let token = |seq| self.hub.token(seq, &query.fingerprint);
-        let event = |kind, change: &Change, resume_token| WatchEvent {
+        let event = |kind, change: &Arc<Change>, resume_token| WatchEvent {
             kind,
-            view: Some(change.view()),
+            change: Some(change.clone()),
             resume_token,
         };
-        let seen = |change: &Change| match change.seen_by(query) {
+        let seen = |change: &Arc<Change>| match change.seen_by(query) {
             Some(Seen::Changed) => Some(event(EventKind::Changed, change, token(change.seq))),
             Some(Seen::Left) => Some(event(EventKind::Deleted, change, token(change.seq))),
             None => None,
@@ -139,7 +147,7 @@ impl Watchers {
                         synced = true;
                         Some(WatchEvent {
                             kind: EventKind::Synced,
-                            view: None,
+                            change: None,
                             resume_token: token(seq),
                         })
                     }

@@ -1,5 +1,7 @@
 //! The one place that starts and stops the setpoint-api binary under test and
-//! chooses its flags: those every run shares, and the one each kind of run adds.
+//! chooses its flags: those every run shares, and the ones each kind of run adds. The API
+//! is started and timed to ready alone; setpoint-reconciler only once it is ready, so
+//! that the start-up figure is the API's, not the two sharing the cores.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,12 @@ pub(crate) enum Run {
     Size { deployments: usize },
     /// The soak test, its clients all connecting from one address.
     Soak { clients: usize },
-    /// The watcher benchmark, its watches all by one identity.
-    Watchers { watches: usize },
+    /// The watcher benchmark, its watches all by one identity, `per_connection` on each
+    /// connection.
+    Watchers {
+        watches: usize,
+        per_connection: usize,
+    },
 }
 
 impl Run {
@@ -34,7 +40,13 @@ impl Run {
             Run::Size { .. } => vec![],
             // All clients connect from one address.
             Run::Soak { clients } => vec![format!("--max-handshakes-per-source={clients}")],
-            Run::Watchers { watches } => vec![format!("--max-watches-per-identity={watches}")],
+            Run::Watchers {
+                watches,
+                per_connection,
+            } => vec![
+                format!("--max-watches-per-identity={watches}"),
+                format!("--max-watches-per-connection={per_connection}"),
+            ],
         }
     }
 }
@@ -49,17 +61,19 @@ pub(crate) struct Server {
     pub(crate) http: SocketAddr,
     /// Its log file.
     pub(crate) log: PathBuf,
-    /// From start to `/readyz` answering 200.
+    /// From the API's start to its `/readyz` answering 200 (the reconciler not yet
+    /// started).
     pub(crate) ready: Duration,
 }
 
 impl Server {
-    /// Starts `args.api_bin` with the files in `dir` and waits until it is ready.
+    /// Starts `args.api_bin` with the files in `dir` and waits until it is ready, then
+    /// `args.reconciler_bin` and waits for it too.
     pub(crate) async fn start(args: &Args, dir: &Path, run: Run) -> anyhow::Result<Self> {
         let (grpc, http) = (free_address()?, free_address()?);
         let log = dir.join(run.log());
         let started = Instant::now();
-        let process = devenv::spawn_api(
+        let mut process = devenv::spawn_api(
             &args.api_bin,
             dir,
             grpc,
@@ -79,18 +93,20 @@ impl Server {
             .chain(run.extra_args())
             .collect::<Vec<_>>(),
         )?;
+        wait_until_ready(&mut process, http, &log).await?;
+        let ready = started.elapsed();
         let reconciler_http = free_address()?;
-        let reconciler = devenv::spawn_reconciler(
+        let reconciler_log = dir.join(run.log().replace("server", "reconciler"));
+        let mut reconciler = devenv::spawn_reconciler(
             &args.reconciler_bin,
             dir,
             reconciler_http,
-            Some(&dir.join(run.log().replace("server", "reconciler"))),
+            Some(&reconciler_log),
             // The same name in every run: a new reconciler takes over the Lease the last
             // one, killed, left behind, without waiting for it to expire.
             &["--identity=setpoint-bench".into()],
         )?;
-        devenv::wait_until_ready(http).await?;
-        devenv::wait_until_ready(reconciler_http).await?;
+        wait_until_ready(&mut reconciler, reconciler_http, &reconciler_log).await?;
         Ok(Self {
             pid: process.id().context("the server exited")?,
             process,
@@ -98,7 +114,7 @@ impl Server {
             grpc,
             http,
             log,
-            ready: started.elapsed(),
+            ready,
         })
     }
 
@@ -107,6 +123,35 @@ impl Server {
         self.reconciler.kill().await?;
         Ok(())
     }
+}
+
+/// Polls `/readyz` of `process` on `http` every 10 ms (fine enough for a start-up
+/// figure) until it answers 200; fails at once if the process exits (a refused flag, for
+/// example), and after 5 minutes.
+async fn wait_until_ready(
+    process: &mut tokio::process::Child,
+    http: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !matches!(devenv::http_get(http, "/readyz").await, Ok((200, _))) {
+        if let Some(status) = process.try_wait()? {
+            let output = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = output.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "{} exited ({status}) before ready; its log ends:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} was not ready within 5 minutes",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 fn free_address() -> anyhow::Result<SocketAddr> {

@@ -1,29 +1,28 @@
-//! Everything measured at one Deployment count: start-up, the read scenarios and the
-//! API-server baseline, memory after sync, after the reads and during a forced relist,
-//! and SetReplicas → `spec.replicas`.
+//! Everything measured at one Deployment count: the API server's own paged list of every
+//! Deployment, then the server's start-up to ready (the API alone, the reconciler started
+//! after), the read scenarios and the API-server read baseline, resident memory after
+//! sync, after the reads and at its peak during a relist forced by restarting the API
+//! server, and SetReplicas → `spec.replicas`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use futures::TryStreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use setpoint_proto::v1::{DeploymentRef, SetReplicasRequest};
 
-use crate::load::{self, Amount, Ghz, Load, Protosets, quantile};
+use crate::load::{self, Amount, Ghz, Load, Protosets};
 use crate::sample::{memory, reset_peak};
 use crate::server::{Run, Server};
-use crate::{Args, deployment_key, say};
+use crate::{Args, paged_list, say, writes};
 
 /// Everything measured at one Deployment count.
 pub(crate) struct Size {
     pub(crate) deployments: usize,
+    /// The API server's own list of every Deployment in pages of 500.
+    pub(crate) apiserver_list: Duration,
+    /// The server's start to its `/readyz` answering 200.
     pub(crate) ready: Duration,
     pub(crate) rss_synced: u64,
     pub(crate) rss_loaded: u64,
@@ -55,6 +54,10 @@ pub(crate) async fn measure(
     count: usize,
     round: i32,
 ) -> anyhow::Result<Size> {
+    say(&format!(
+        "{count} Deployments: the API server's own paged list ..."
+    ));
+    let apiserver_list = paged_list::time(admin).await?;
     say(&format!("{count} Deployments: starting the server ..."));
     let server = Server::start(args, dir, Run::Size { deployments: count }).await?;
     let (pid, grpc, http) = (server.pid, server.grpc, server.http);
@@ -137,7 +140,7 @@ pub(crate) async fn measure(
         args.writes
     ));
     let (write_p50, write_p99) =
-        writes(args, admin, dir, grpc, namespaces, count, round + 2).await?;
+        writes::p50_p99(args, admin, dir, grpc, namespaces, count, round + 2).await?;
 
     say(&format!(
         "{count} Deployments: restarting the API server to force a relist ..."
@@ -173,13 +176,15 @@ pub(crate) async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     devenv::wait_until_ready(http).await?;
-    // The relist itself takes about a second at 10,000.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The relist itself takes about a second at 10,000; give it three times the API
+    // server's own paged list, and 5 s at least.
+    tokio::time::sleep(Duration::from_secs(5).max(apiserver_list * 3)).await;
     let rss_relist_peak = memory(pid, "VmHWM")?;
     let ready = server.ready;
     server.stop().await?;
     Ok(Size {
         deployments: count,
+        apiserver_list,
         ready,
         rss_synced,
         rss_loaded,
@@ -200,83 +205,4 @@ fn relist_marker(count: usize) -> ConfigMap {
         },
         ..Default::default()
     }
-}
-
-/// SetReplicas to `replicas` on `args.writes` Deployments, one after the other; each
-/// sample is from SetReplicas returning to the watch reporting the new spec.replicas.
-#[allow(clippy::too_many_arguments)]
-async fn writes(
-    args: &Args,
-    admin: &Client,
-    dir: &Path,
-    grpc: SocketAddr,
-    namespaces: &[String],
-    count: usize,
-    replicas: i32,
-) -> anyhow::Result<(Duration, Duration)> {
-    let mut client = devenv::operator_client(dir, grpc).await?;
-    // Convergence is observed through one watch, as the API server reports it, so the
-    // measurement adds no polling delay.
-    // Samples start once the watch has listed every Deployment.
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let (listed_tx, listed) = tokio::sync::oneshot::channel();
-    let mut listed_tx = Some(listed_tx);
-    let watch = tokio::spawn(
-        watcher(
-            Api::<Deployment>::all(admin.clone()),
-            watcher::Config::default().labels("tier"),
-        )
-        .try_for_each(move |event| {
-            match event {
-                watcher::Event::Apply(deployment) => {
-                    let replicas = deployment.spec.and_then(|spec| spec.replicas);
-                    let key = (deployment.metadata.namespace, deployment.metadata.name);
-                    let _ = seen_tx.send((key, replicas, Instant::now()));
-                }
-                watcher::Event::InitDone => {
-                    if let Some(listed) = listed_tx.take() {
-                        let _ = listed.send(());
-                    }
-                }
-                _ => {}
-            }
-            std::future::ready(Ok(()))
-        }),
-    );
-    listed
-        .await
-        .context("the Deployment watch ended before its first list")?;
-    let mut samples = Vec::with_capacity(args.writes);
-    for index in 0..args.writes.min(count) {
-        let (namespace, name) = deployment_key(namespaces, index);
-        client
-            .set_replicas(SetReplicasRequest {
-                deployment: Some(DeploymentRef {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                }),
-                replicas,
-                ..SetReplicasRequest::default()
-            })
-            .await?;
-        let returned = Instant::now();
-        let target = (Some(namespace), Some(name));
-        let converged = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match seen.recv().await {
-                    Some((key, Some(seen), at)) if key == target && seen == replicas => {
-                        break Ok(at);
-                    }
-                    Some(_) => {}
-                    None => break Err(anyhow::anyhow!("the watch ended")),
-                }
-            }
-        })
-        .await
-        .context("a Deployment did not reach its setpoint within 30 s")??;
-        samples.push(converged.saturating_duration_since(returned));
-    }
-    watch.abort();
-    samples.sort_unstable();
-    Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }

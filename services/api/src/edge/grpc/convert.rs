@@ -38,7 +38,7 @@ pub fn watch_event(event: WatchEvent) -> proto::WatchDeploymentsResponse {
     };
     proto::WatchDeploymentsResponse {
         r#type: kind.into(),
-        replicas: event.view.map(replicas),
+        replicas: event.view().map(replicas),
         resume_token: event.resume_token,
     }
 }
