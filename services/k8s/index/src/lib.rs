@@ -176,7 +176,10 @@ impl Index {
     }
 
     /// Applies a Deployment watch event directly: for tests.
-    pub fn apply_deployment(&self, event: watcher::Event<Deployment>) {
+    pub fn apply_deployment<K: kube::Resource>(&self, event: watcher::Event<K>)
+    where
+        for<'a> DeploymentRow: From<&'a K>,
+    {
         for key in self.deployments.apply(event) {
             self.changed(key);
         }
