@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -188,6 +187,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::autoscaling::v2::{
         CrossVersionObjectReference, HorizontalPodAutoscalerSpec,
     };
