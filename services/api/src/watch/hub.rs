@@ -245,7 +245,7 @@ impl Hub {
                 (now, false, view_changed)
             }
             (Some(now), None) => (now, false, true),
-            (None, Some(before)) => (before.source.clone(), true, true),
+            (None, Some(before)) => (before.source.clone(), true, false),
             (None, None) => return,
         };
         state.seq += 1;

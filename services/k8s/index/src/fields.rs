@@ -12,7 +12,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 
 /// A Deployment as the index reads it: the Resource of `apps/v1` `deployments`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(from = "Decoded")]
 pub struct DeploymentFields {
     /// Namespace, name, UID, resourceVersion and labels only.
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn only_the_kept_fields_are_decoded_and_defaults_are_the_api_servers() {
-        let mut deployment = testenv_like_deployment();
+        let mut deployment = full_deployment();
         let json = serde_json::to_string(&deployment).expect("encodes");
         let decoded: DeploymentFields = serde_json::from_str(&json).expect("decodes");
         assert_eq!(decoded.metadata.name.as_deref(), Some("web"));
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(DeploymentFields::api_version(&()), "apps/v1");
     }
 
-    fn testenv_like_deployment() -> Deployment {
+    fn full_deployment() -> Deployment {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",

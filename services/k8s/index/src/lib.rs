@@ -1,6 +1,7 @@
 //! The watch cache every read and reconcile is answered from, shaped for the questions
-//! asked: Deployments in (namespace, name) order, trimmed to the fields answers and
-//! reconciles use ([`DeploymentRow`]); HPAs by the Deployment they scale; setpoints in a
+//! asked: Deployments in (namespace, name) order, decoded to the fields answers and
+//! reconciles use ([`DeploymentFields`], [`DeploymentRow`]), with the rows of each label
+//! pair for selectors; HPAs by the Deployment they scale; setpoints in a
 //! kube reflector store. [`Index::start`] starts the watches that keep it current (in
 //! [`watches`]); a relist marks what it sees and sweeps the rest when it ends, so the
 //! index never holds two copies and answers keep coming during it. Every change names

@@ -15,7 +15,7 @@
 //! and at the peak of a relist forced by restarting the API server, and SetReplicas →
 //! `spec.replicas`. At one count (`--watch-at`, 10,000, or the largest measured below it,
 //! else the smallest), WatchDeployments: `--watchers` (10,000) streams of one namespace
-//! each, spread evenly over the namespaces, `--watches-per-connection` (100) on each
+//! each, spread evenly over the namespaces, `--watches-per-connection` (64) on each
 //! connection; the time until all are synced, the server's memory per watcher, and how
 //! long a change takes to reach every watcher of its namespace. Prints a Markdown
 //! report with each goal met or missed; figures only, no assertions.

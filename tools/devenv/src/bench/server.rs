@@ -73,7 +73,7 @@ impl Server {
         let (grpc, http) = (free_address()?, free_address()?);
         let log = dir.join(run.log());
         let started = Instant::now();
-        let mut process = devenv::spawn_api(
+        let process = devenv::spawn_api(
             &args.api_bin,
             dir,
             grpc,
@@ -93,11 +93,13 @@ impl Server {
             .chain(run.extra_args())
             .collect::<Vec<_>>(),
         )?;
-        wait_until_ready(&mut process, http, &log).await?;
+        devenv::wait_until_ready(http)
+            .await
+            .with_context(|| format!("see {}", log.display()))?;
         let ready = started.elapsed();
         let reconciler_http = free_address()?;
         let reconciler_log = dir.join(run.log().replace("server", "reconciler"));
-        let mut reconciler = devenv::spawn_reconciler(
+        let reconciler = devenv::spawn_reconciler(
             &args.reconciler_bin,
             dir,
             reconciler_http,
@@ -106,7 +108,9 @@ impl Server {
             // one, killed, left behind, without waiting for it to expire.
             &["--identity=setpoint-bench".into()],
         )?;
-        wait_until_ready(&mut reconciler, reconciler_http, &reconciler_log).await?;
+        devenv::wait_until_ready(reconciler_http)
+            .await
+            .with_context(|| format!("see {}", reconciler_log.display()))?;
         Ok(Self {
             pid: process.id().context("the server exited")?,
             process,
@@ -123,35 +127,6 @@ impl Server {
         self.reconciler.kill().await?;
         Ok(())
     }
-}
-
-/// Polls `/readyz` of `process` on `http` every 10 ms (fine enough for a start-up
-/// figure) until it answers 200; fails at once if the process exits (a refused flag, for
-/// example), and after 5 minutes.
-async fn wait_until_ready(
-    process: &mut tokio::process::Child,
-    http: SocketAddr,
-    log: &Path,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !matches!(devenv::http_get(http, "/readyz").await, Ok((200, _))) {
-        if let Some(status) = process.try_wait()? {
-            let output = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = output.lines().rev().take(20).collect();
-            anyhow::bail!(
-                "{} exited ({status}) before ready; its log ends:\n{}",
-                log.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} was not ready within 5 minutes",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 fn free_address() -> anyhow::Result<SocketAddr> {
